@@ -1,0 +1,1 @@
+"""The default configuration of a Butler Pipelines repository (YAML files read at ``butler create``)."""
