@@ -25,6 +25,7 @@ __all__ = [
     "DatastoreError",
     "DimensionNameError",
     "DuplicateDatasetError",
+    "EmptyQueryResultError",
     "ExpressionSyntaxError",
     "FileTemplateError",
     "FormatterError",
@@ -155,6 +156,20 @@ class ExpressionSyntaxError(QueryError):
         self.column = column
         pointer = " " * (column - 1) + "^"
         super().__init__(f"{message} at column {column} of the where-expression:\n  {expression}\n  {pointer}")
+
+
+class EmptyQueryResultError(QueryError):
+    """A query found nothing; ``reasons`` says which constraints removed every row.
+
+    Parameters
+    ----------
+    reasons : `list` [`str`]
+        One sentence per constraint that, on its own, leaves nothing.
+    """
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__("the query found nothing:\n" + "\n".join(f"  - {r}" for r in reasons))
 
 
 class InvalidQueryError(QueryError):

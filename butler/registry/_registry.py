@@ -1,0 +1,483 @@
+"""The registry: a SQL database of dimension records, collections, dataset types and datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..datasets import DatasetIdGenEnum, DatasetRef, DatasetType
+from ..dimensions import DataCoordinate, DimensionGroup, DimensionRecord, DimensionUniverse
+from ..errors import ConfigError, EmptyQueryResultError, InvalidQueryError
+from ._collections import CollectionArg, CollectionManager, CollectionRecord
+from ._datasets import DatasetManager
+from ._db import Database
+from ._dimension_records import DimensionRecordStorage
+from .expressions import parse_where
+from .queries import DatasetSearch, QueryRunner, QuerySpec, make_data_ids
+from .schema import SCHEMA_VERSION, CollectionType, RegistryTables
+
+__all__ = ["Registry"]
+
+_LOG = logging.getLogger("butler.registry")
+
+
+class Registry:
+    """The SQL registry of a repository.
+
+    Use `Registry.create` for a new database and `Registry.open` for an existing one; the `Butler`
+    does both.  Every change that touches several rows happens in one transaction.
+
+    Parameters
+    ----------
+    db : `Database`
+    universe : `DimensionUniverse`
+    """
+
+    def __init__(self, db: Database, universe: DimensionUniverse):
+        self._db = db
+        self.universe = universe
+        self.tables = RegistryTables(universe)
+        self._collections = CollectionManager(db, self.tables)
+        self._records = DimensionRecordStorage(db, self.tables, universe)
+        self._datasets = DatasetManager(db, self.tables, universe, self._collections, self._records)
+        self._queries = QueryRunner(db, self.tables)
+
+    # Construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, url: str, universe: DimensionUniverse, **kwargs: Any) -> Registry:
+        """Create the tables of a new registry.
+
+        Raises
+        ------
+        ConfigError
+            If the database already holds a registry.
+        """
+        db = Database(url, **kwargs)
+        registry = cls(db, universe)
+        with db.transaction(write=True) as conn:
+            if sa.inspect(conn).has_table("butler_attributes"):
+                raise ConfigError(f"the database {url!r} already holds a butler registry.")
+            registry.tables.metadata.create_all(conn)
+            conn.execute(
+                registry.tables.attributes.insert(),
+                [
+                    {"name": "schema_version", "value": str(SCHEMA_VERSION)},
+                    {"name": "dimensions", "value": json.dumps(universe.config, sort_keys=True)},
+                ],
+            )
+        return registry
+
+    @classmethod
+    def open(cls, url: str, universe: DimensionUniverse, **kwargs: Any) -> Registry:
+        """Open an existing registry, checking its schema and dimension configuration.
+
+        Raises
+        ------
+        ConfigError
+            If the database holds no registry, or one made with another schema or dimension universe.
+        """
+        db = Database(url, **kwargs)
+        registry = cls(db, universe)
+        try:
+            rows = dict(db.fetchall(sa.select(registry.tables.attributes.c.name, registry.tables.attributes.c.value)))
+        except sa.exc.OperationalError:
+            raise ConfigError(f"the database {url!r} holds no butler registry.") from None
+        except sa.exc.ProgrammingError:
+            raise ConfigError(f"the database {url!r} holds no butler registry.") from None
+        if rows.get("schema_version") != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"registry schema version {rows.get('schema_version')} is not the supported {SCHEMA_VERSION}."
+            )
+        stored = json.loads(rows.get("dimensions", "{}"))
+        if stored.get("version") != universe.version or stored.get("namespace") != universe.namespace:
+            raise ConfigError(
+                f"the registry was made with dimension universe {stored.get('namespace')} v{stored.get('version')}, "
+                f"but the configuration is {universe.namespace} v{universe.version}."
+            )
+        return registry
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one transaction (nested calls join the outer one).
+
+        On an exception everything done inside is rolled back and the in-memory caches are cleared.
+        """
+        try:
+            with self._db.transaction(write=True, savepoint=True):
+                yield
+        except BaseException:
+            self.clear_caches()
+            raise
+
+    def clear_caches(self) -> None:
+        self._collections.clear_cache()
+        self._datasets.clear_cache()
+        self._records.clear_cache()
+
+    # Dimension records -----------------------------------------------------------------------------------
+
+    def insert_dimension_data(
+        self,
+        element: str,
+        *records: Mapping[str, Any] | DimensionRecord,
+        replace: bool = False,
+        skip_existing: bool = False,
+    ) -> int:
+        """Insert records of one dimension element; see `DimensionRecordStorage.insert`."""
+        return self._records.insert(element, records, replace=replace, skip_existing=skip_existing)
+
+    def sync_dimension_data(self, element: str, record: Mapping[str, Any] | DimensionRecord) -> bool:
+        """Insert a record unless an identical one exists; return whether it was inserted."""
+        return self._records.sync(element, record)
+
+    def expand_data_id(
+        self,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        *,
+        dimensions: Iterable[str] | DimensionGroup | None = None,
+        **kwargs: Any,
+    ) -> DataCoordinate:
+        """Return a data ID with its implied values and dimension records.
+
+        Raises
+        ------
+        DataIdError
+            If keys are missing, unknown or of the wrong type.
+        DataIdValueError
+            If a value has no dimension record.
+        """
+        std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=dimensions, **kwargs)
+        return self._records.expand(std)
+
+    def expand_data_ids(self, data_ids: Sequence[DataCoordinate]) -> list[DataCoordinate]:
+        """Expand many data IDs of one dimension group (one query per element)."""
+        return self._records.expand_many(list(data_ids))
+
+    def get_dimension_record(self, element: str, key: Mapping[str, Any]) -> DimensionRecord | None:
+        """Return the record of ``element`` identified by ``key`` (dimension -> value), or `None`."""
+        el = self.universe[element]
+        data_id = DataCoordinate.standardize(key, universe=self.universe, dimensions=el.required)
+        return self._records.fetch(el, [tuple(data_id[d] for d in el.required)]).get(
+            tuple(data_id[d] for d in el.required)
+        )
+
+    # Collections -----------------------------------------------------------------------------------------
+
+    def register_collection(self, name: str, type: CollectionType = CollectionType.TAGGED, doc: str | None = None) -> bool:
+        """Register a collection; return whether it was new."""
+        return self._collections.register(name, type, doc)[1]
+
+    def register_run(self, name: str, doc: str | None = None) -> bool:
+        """Register a RUN collection; return whether it was new."""
+        return self._collections.register(name, CollectionType.RUN, doc)[1]
+
+    def get_collection_type(self, name: str) -> CollectionType:
+        return self._collections.get(name).type
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        return self._collections.get(name)
+
+    def get_collection_chain(self, parent: str) -> tuple[str, ...]:
+        return self._collections.get_chain(parent)
+
+    def set_collection_chain(self, parent: str, children: Sequence[str], *, flatten: bool = False) -> None:
+        self._collections.set_chain(parent, children, flatten=flatten)
+
+    def query_collections(
+        self,
+        pattern: str | Sequence[str] = "*",
+        *,
+        types: Iterable[CollectionType] | None = None,
+        flatten_chains: bool = False,
+    ) -> list[CollectionRecord]:
+        """Collections matching glob patterns, sorted by name."""
+        return self._collections.query(pattern, types=types, flatten_chains=flatten_chains)
+
+    def resolve_collections(self, collections: CollectionArg, *, allow_patterns: bool = False) -> list[CollectionRecord]:
+        """The RUN/TAGGED collections a search visits, in order."""
+        return self._collections.resolve_search(collections, allow_patterns=allow_patterns)
+
+    def remove_collection(self, name: str) -> None:
+        """Remove a TAGGED or CHAINED collection, or a RUN collection that holds no datasets."""
+        record = self._collections.get(name)
+        if record.type is CollectionType.RUN and self._datasets.refs_in_runs([record]):
+            from ..errors import CollectionError
+
+            raise CollectionError(f"RUN collection {name!r} still holds datasets; use Butler.remove_runs.")
+        self._collections.remove(name)
+
+    # Dataset types ----------------------------------------------------------------------------------------
+
+    def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        """Register a dataset type; return `False` if an identical one exists."""
+        return self._datasets.register_type(dataset_type)
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        """Return a registered dataset type (or the parent of a component name)."""
+        return self._datasets.get_type(name).dataset_type
+
+    def query_dataset_types(self, pattern: str | Sequence[str] = "*") -> list[DatasetType]:
+        return self._datasets.query_types(pattern)
+
+    def remove_dataset_type(self, name: str) -> None:
+        self._datasets.remove_type(name)
+
+    # Datasets ---------------------------------------------------------------------------------------------
+
+    def insert_datasets(
+        self,
+        dataset_type: str | DatasetType,
+        data_ids: Iterable[Mapping[str, Any] | DataCoordinate],
+        run: str,
+        *,
+        id_generation_mode: DatasetIdGenEnum = DatasetIdGenEnum.UNIQUE,
+    ) -> list[DatasetRef]:
+        """Insert datasets into a RUN collection in one transaction; return their refs.
+
+        Parameters
+        ----------
+        dataset_type : `str` or `DatasetType`
+            A registered dataset type.
+        data_ids : iterable of data IDs
+            One per dataset; mappings are standardized to the dataset type's dimensions.
+        run : `str`
+            A RUN collection.
+
+        Raises
+        ------
+        DuplicateDatasetError, CollectionTypeError, DataIdError, DataIdValueError
+        """
+        name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
+        dt = self._datasets.get_type(name).dataset_type
+        group = dt.dimensions
+        std = [
+            d if isinstance(d, DataCoordinate) and d.dimensions == group
+            else DataCoordinate.standardize(d, universe=self.universe, dimensions=group)
+            for d in data_ids
+        ]
+        return self._datasets.insert(name, std, run, id_generation_mode=id_generation_mode)
+
+    def import_datasets(self, refs: Sequence[DatasetRef]) -> list[DatasetRef]:
+        """Insert datasets with the IDs, runs and data IDs of the given refs (for import/transfer)."""
+        out: list[DatasetRef] = []
+        groups: dict[tuple[str, str], list[DatasetRef]] = {}
+        for r in refs:
+            groups.setdefault((r.dataset_type.name, r.run), []).append(r)
+        with self.transaction():
+            for (name, run), group in groups.items():
+                out += self._datasets.insert(name, [r.data_id for r in group], run, ids=[r.id for r in group])
+        return out
+
+    def associate(self, collection: str, refs: Sequence[DatasetRef]) -> None:
+        """Add datasets to a TAGGED collection."""
+        self._datasets.associate(collection, refs)
+
+    def disassociate(self, collection: str, refs: Sequence[DatasetRef]) -> None:
+        """Remove datasets from a TAGGED collection."""
+        self._datasets.disassociate(collection, refs)
+
+    def find_dataset(
+        self,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        *,
+        collections: CollectionArg,
+        **kwargs: Any,
+    ) -> DatasetRef | None:
+        """Return the dataset of this type and data ID in the first collection that has one, or `None`."""
+        name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
+        record = self._datasets.get_type(name)
+        std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=record.dataset_type.dimensions, **kwargs)
+        found = self._datasets.find_many(record, [std], self._collections.resolve_search(collections))
+        return found.get(std)
+
+    def find_datasets(
+        self, dataset_type: str, data_ids: Sequence[DataCoordinate], *, collections: CollectionArg
+    ) -> dict[DataCoordinate, DatasetRef]:
+        """`find_dataset` for many data IDs at once (one query)."""
+        record = self._datasets.get_type(dataset_type)
+        return self._datasets.find_many(record, data_ids, self._collections.resolve_search(collections))
+
+    def get_dataset(self, id: uuid.UUID) -> DatasetRef | None:
+        """Return the dataset with this ID, or `None`."""
+        return self._datasets.get_refs([id]).get(id)
+
+    def get_datasets(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, DatasetRef]:
+        return self._datasets.get_refs(ids)
+
+    def refs_in_runs(self, runs: Sequence[str]) -> list[DatasetRef]:
+        """All datasets owned by these RUN collections."""
+        return self._datasets.refs_in_runs([self._collections.get(r) for r in runs])
+
+    def remove_datasets(self, refs: Sequence[DatasetRef]) -> None:
+        """Delete datasets with their tags and datastore records, in one transaction."""
+        self._datasets.delete([r.id for r in refs])
+
+    # Datastore records -----------------------------------------------------------------------------------
+
+    def insert_datastore_records(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Insert datastore records (dicts with the ``datastore_record`` columns)."""
+        if records:
+            with self._db.transaction(write=True) as conn:
+                conn.execute(self.tables.datastore_record.insert(), list(records))
+
+    def get_datastore_records(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """Datastore records of datasets by ID (missing ones left out)."""
+        t = self.tables.datastore_record
+        ids = list(ids)
+        out: dict[uuid.UUID, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            for row in self._db.fetchall(sa.select(t).where(t.c.dataset_id.in_(ids[start : start + 500]))):
+                out[row.dataset_id] = dict(row._mapping)
+        return out
+
+    def all_datastore_records(self) -> list[dict[str, Any]]:
+        """Every datastore record (for `Butler.verify`)."""
+        return [dict(r._mapping) for r in self._db.fetchall(sa.select(self.tables.datastore_record))]
+
+    def datasets_without_records(self) -> list[uuid.UUID]:
+        """IDs of datasets that have no datastore record."""
+        d, r = self.tables.dataset, self.tables.datastore_record
+        stmt = sa.select(d.c.id).where(~sa.exists().where(r.c.dataset_id == d.c.id))
+        return [row[0] for row in self._db.fetchall(stmt)]
+
+    # Queries --------------------------------------------------------------------------------------------
+
+    def _spec(
+        self,
+        dimensions: Iterable[str] | DimensionGroup,
+        *,
+        data_id: Mapping[str, Any] | DataCoordinate | None,
+        where: str,
+        bind: Mapping[str, Any] | None,
+        order_by: Iterable[str] | str | None,
+        limit: int | None,
+        **kwargs: Any,
+    ) -> QuerySpec:
+        if isinstance(order_by, str):
+            order_by = [order_by]
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidQueryError(f"limit must be a non-negative integer, got {limit!r}.")
+        data_id_dict = dict(data_id.items()) if isinstance(data_id, DataCoordinate) else dict(data_id or {})
+        if data_id_dict:
+            data_id_dict = dict(DataCoordinate.standardize(data_id_dict, universe=self.universe).items())
+        bind = dict(bind or {})
+        clash = set(bind) & set(self.universe.elements)
+        if clash:
+            raise InvalidQueryError(f"bind names {sorted(clash)} shadow dimension element names; rename them.")
+        return QuerySpec(
+            self.universe.conform(dimensions),
+            where=parse_where(where or ""),
+            where_text=where or "",
+            bind=bind,
+            data_id=data_id_dict,
+            order_by=list(order_by or []),
+            limit=limit,
+            **kwargs,
+        )
+
+    def _searches(self, datasets: Iterable[str] | str | None, collections: CollectionArg) -> list[DatasetSearch]:
+        if datasets is None:
+            return []
+        names = [datasets] if isinstance(datasets, str) else list(datasets)
+        colls = self._collections.resolve_search(collections, allow_patterns=True)
+        return [DatasetSearch(self._datasets.get_type(n), colls) for n in names]
+
+    def _run(self, spec: QuerySpec, explain: bool) -> list[tuple]:
+        rows = self._queries.rows(spec)
+        if not rows and explain:
+            raise EmptyQueryResultError(self._queries.explain_empty(spec, self._records.count))
+        return rows
+
+    def query_data_ids(
+        self,
+        dimensions: Iterable[str] | str | DimensionGroup,
+        *,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        datasets: Iterable[str] | str | None = None,
+        collections: CollectionArg = None,
+        order_by: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        explain: bool = False,
+        expanded: bool = False,
+    ) -> list[DataCoordinate]:
+        """Data IDs over ``dimensions`` that satisfy every constraint; see `Butler.query_data_ids`."""
+        if isinstance(dimensions, str):
+            dimensions = [dimensions]
+        spec = self._spec(
+            dimensions, data_id=data_id, where=where, bind=bind, order_by=order_by, limit=limit,
+            searches=self._searches(datasets, collections),
+        )
+        out = make_data_ids(spec.dimensions, self._run(spec, explain))
+        return self.expand_data_ids(out) if expanded and out else out
+
+    def query_datasets(
+        self,
+        dataset_type: str | DatasetType,
+        collections: CollectionArg,
+        *,
+        find_first: bool = True,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        order_by: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        explain: bool = False,
+    ) -> list[DatasetRef]:
+        """Datasets of one type in the collections that satisfy the constraints; see `Butler.query_datasets`."""
+        name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
+        record = self._datasets.get_type(name)
+        colls = self._collections.resolve_search(collections, allow_patterns=not find_first)
+        dt = record.dataset_type
+        spec = self._spec(
+            dt.dimensions, data_id=data_id, where=where, bind=bind, order_by=order_by, limit=limit,
+            searches=[DatasetSearch(record, colls)], result_dataset=True, find_first=find_first,
+        )
+        runs = self._collections.by_id
+        group = dt.dimensions
+        n = len(group.required)
+        return [
+            DatasetRef(dt, DataCoordinate.from_required_values(group, tuple(r[3 : 3 + n])), runs(r[2]).name, id=r[0])
+            for r in self._run(spec, explain)
+        ]
+
+    def query_dimension_records(
+        self,
+        element: str,
+        *,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        datasets: Iterable[str] | str | None = None,
+        collections: CollectionArg = None,
+        order_by: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        explain: bool = False,
+    ) -> list[DimensionRecord]:
+        """Records of one dimension element that satisfy the constraints."""
+        el = self.universe[element]
+        spec = self._spec(
+            el.required + el.implied, data_id=data_id, where=where, bind=bind, order_by=order_by, limit=limit,
+            element=el, searches=self._searches(datasets, collections),
+        )
+        names = el.field_names
+        return [self._records._from_row(el, dict(zip(names, row))) for row in self._run(spec, explain)]
+
+    def count_datasets(self) -> int:
+        return self._db.fetchall(sa.select(sa.func.count()).select_from(self.tables.dataset))[0][0]
