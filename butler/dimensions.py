@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import functools
 import operator
+from fractions import Fraction
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -40,20 +41,41 @@ __all__ = [
 DataIdValue = int | str
 _FIELD_TYPES = {"int": int, "float": float, "string": str, "time": Time, "bool": bool}
 _TAI_EPOCH = Time("1970-01-01T00:00:00", scale="tai", format="isot")
+_NSEC_PER_DAY = 86_400 * 10**9
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def time_to_nsec(t: Time | datetime.datetime | str) -> int:
-    """Convert a time to integer TAI nanoseconds since 1970-01-01T00:00:00 TAI (the stored form).
+    """Convert a time to the registry's representation: TAI nanoseconds since 1970-01-01T00:00:00 TAI.
 
     Parameters
     ----------
     t : `astropy.time.Time`, `datetime.datetime` or `str`
-        A time; naive datetimes and ISO strings are taken as TAI.
+        A scalar time in any scale; naive datetimes and ISO strings are taken as TAI.
+
+    Returns
+    -------
+    nsec : `int`
+        Nanoseconds, rounded to the nearest; exact to the float precision of ``t``'s two-part JD.
+
+    Raises
+    ------
+    ValueError
+        If ``t`` is not a scalar, is not finite, or does not fit in a signed 64-bit integer.
     """
     if not isinstance(t, Time):
         t = Time(t, scale="tai")
-    delta = t.tai - _TAI_EPOCH
-    return int(round(delta.jd1 * 86400e9)) + int(round(delta.jd2 * 86400e9))
+    if not t.isscalar:
+        raise ValueError(f"expected a scalar time, got an array of shape {t.shape}")
+    tai = t.tai
+    try:  # exact rational arithmetic on the two-part Julian dates
+        days = sum(Fraction(float(part)) for part in (tai.jd1, -_TAI_EPOCH.jd1, tai.jd2, -_TAI_EPOCH.jd2))
+    except (ValueError, OverflowError):
+        raise ValueError(f"time {t!s} is not finite") from None
+    nsec = round(days * _NSEC_PER_DAY)
+    if not _INT64_MIN <= nsec <= _INT64_MAX:
+        raise ValueError(f"time {t.isot} is outside the years 1677-2262 that the registry can store")
+    return nsec
 
 
 def nsec_to_time(nsec: int) -> Time:
