@@ -341,6 +341,28 @@ def _children(node: Node) -> tuple[Node, ...]:
     return ()
 
 
+def format_node(node: Node) -> str:
+    """Return a where-expression text equivalent to ``node`` (used to quote terms in messages)."""
+    if isinstance(node, Literal):
+        return "'" + node.value.replace("'", "''") + "'" if isinstance(node.value, str) else repr(node.value)
+    if isinstance(node, TimeLiteral):
+        return f"T'{node.text}'"
+    if isinstance(node, Identifier):
+        return node.name
+    if isinstance(node, RangeLiteral):
+        return f"{node.start}..{node.stop}" + (f":{node.stride}" if node.stride != 1 else "")
+    if isinstance(node, UnaryOp):
+        return f"NOT {format_node(node.operand)}" if node.op.upper() == "NOT" else f"{node.op}{format_node(node.operand)}"
+    if isinstance(node, BinaryOp):
+        return f"{format_node(node.lhs)} {node.op} {format_node(node.rhs)}"
+    if isinstance(node, LogicalOp):
+        return f" {node.op} ".join(
+            f"({format_node(o)})" if isinstance(o, LogicalOp) else format_node(o) for o in node.operands
+        )
+    items = ", ".join(format_node(i) for i in node.items)
+    return f"{format_node(node.lhs)} {'NOT IN' if node.negated else 'IN'} ({items})"
+
+
 def referenced_identifiers(
     node: Node | None, bind: Mapping[str, Any] | None = None
 ) -> set[tuple[str, str | None]]:

@@ -21,7 +21,7 @@ from ..errors import InvalidQueryError, did_you_mean
 from ..regions import regions_overlap
 from ._collections import CollectionRecord
 from ._datasets import DatasetTypeRecord
-from .expressions import ColumnInfo, LogicalOp, Node, compile_where, referenced_identifiers
+from .expressions import ColumnInfo, LogicalOp, Node, compile_where, format_node, referenced_identifiers
 from .schema import RegistryTables
 
 __all__ = ["QuerySpec", "QueryRunner"]
@@ -325,7 +325,7 @@ class QueryRunner:
             terms = spec.where.operands if isinstance(spec.where, LogicalOp) and spec.where.op == "AND" else (spec.where,)
             for term in terms:
                 if self.count(spec, use_spatial=False, use_data_id=False, where=term) == 0:
-                    reasons.append(f"the where-term at column {term.column} of {spec.where_text!r} matches nothing on its own.")
+                    reasons.append(f"the where-term {format_node(term)!r} matches nothing on its own.")
             if not reasons and self.count(spec, use_spatial=False) == 0:
                 reasons.append(f"the where-expression {spec.where_text!r} matches no rows (its terms together exclude each other).")
         if not reasons and len(group.spatial_elements()) > 1:

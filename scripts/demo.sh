@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The demo ("main job"), run by `make demo`.  Every step is a `butler` command a user could type; each
+# is echoed before it runs.  For now it builds a repository from the SDSS Stripe 82 data in $DATA,
+# ingests the reference catalogue, and queries it; the pipelines are added as they land.
+set -euo pipefail
+DEMO_REPO=${DEMO_REPO:-demo_repo}
+DATA=${DATA:-../shared/data/sdss_stripe82_lsst_demo}
+BUTLER=${BUTLER:-butler}
+PYTHON=${PYTHON:-python3}
+
+run() { printf '\n$ %s\n' "$*"; "$@"; }
+
+if [ ! -d "$DATA" ]; then
+  echo "Data directory $DATA not found: set DATA=/path/to/sdss_stripe82_lsst_demo (from ../shared/data)." >&2
+  exit 1
+fi
+rm -rf "$DEMO_REPO"
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+
+run "$BUTLER" create "$DEMO_REPO"
+run "$BUTLER" register-dataset-type "$DEMO_REPO" refcat AstropyFitsTable
+# A table of files to ingest: first column the path, other columns the data ID (none for a refcat).
+printf '# %%ECSV 1.0\n# ---\n# datatype:\n# - {name: path, datatype: string}\npath\n%s\n' \
+  "$(cd "$DATA/ref_cat" && pwd)/stars.fits" > "$staging/refcat.ecsv"
+run "$BUTLER" ingest-files "$DEMO_REPO" refcat refcats/stripe82 "$staging/refcat.ecsv" --transfer copy
+run "$BUTLER" collection-chain "$DEMO_REPO" refcats refcats/stripe82
+run "$BUTLER" query-collections "$DEMO_REPO" --chains tree
+run "$BUTLER" query-datasets "$DEMO_REPO" refcat --collections refcats --show-uri
+run "$PYTHON" -c "from butler import Butler; t = Butler('$DEMO_REPO').get('refcat', collections='refcats'); print(len(t), 'reference stars; columns:', ', '.join(t.colnames))"
+run "$BUTLER" verify "$DEMO_REPO"
