@@ -318,7 +318,7 @@ class Butler:
         try:
             with self.registry.transaction():
                 (ref,) = self.registry._datasets.insert(dt.name, [data_id], run, ids=ids)
-                ref = ref.replace(data_id=self.registry.expand_data_id(ref.data_id))
+                ref = ref.replace(data_id=self._expand_for_template(dt, [ref.data_id])[0])
                 info = self.datastore.put(obj, ref)
                 self.registry.insert_datastore_records([_record_row(info)])
         except BaseException:
@@ -326,6 +326,12 @@ class Butler:
                 self.datastore.remove([info])
             raise
         return ref
+
+    def _expand_for_template(self, dt: DatasetType, data_ids: Sequence[DataCoordinate]) -> list[DataCoordinate]:
+        """Data IDs with what the dataset type's file template needs: implied values, and records
+        only when the template names record fields (``{visit.name}``)."""
+        fields = self.datastore.templates.get(dt).fields
+        return self.registry.expand_data_ids(data_ids, full_only=not any("." in f for f in fields))
 
     def ingest(
         self,
@@ -380,7 +386,7 @@ class Butler:
                         keep = [i for i, di in enumerate(data_ids) if di not in found]
                         group, data_ids = [group[i] for i in keep], [data_ids[i] for i in keep]
                     refs = self.registry._datasets.insert(name, data_ids, run, id_generation_mode=id_generation_mode)
-                    expanded = self.registry.expand_data_ids([r.data_id for r in refs])
+                    expanded = self._expand_for_template(dt, [r.data_id for r in refs])
                     rows = []
                     for d, ref, full in zip(group, refs, expanded):
                         mode = "copy" if transfer == "move" else transfer
@@ -472,8 +478,10 @@ class Butler:
         CorruptDatasetError
             If its file is missing, truncated or fails its checksum.
         """
-        ref, component = self._resolve(dataset_ref_or_type, data_id, collections, kwargs)
-        return self._read(ref, component=component, parameters=parameters)
+        with self.registry.db.transaction():  # one read transaction for the lookups
+            ref, component = self._resolve(dataset_ref_or_type, data_id, collections, kwargs)
+            info = self._stored_info(ref)
+        return self.datastore.get(info, component=component, parameters=parameters)
 
     def get_deferred(
         self,

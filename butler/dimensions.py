@@ -559,7 +559,11 @@ class DimensionRecord:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DimensionRecord):
             return NotImplemented
-        return self.element is other.element and self.to_simple() == other.to_simple()
+        return (
+            self.element.name == other.element.name
+            and self.element.universe == other.element.universe
+            and self.to_simple() == other.to_simple()
+        )
 
     def __hash__(self) -> int:
         return hash((self.element.name, self.key_tuple()))
@@ -662,6 +666,41 @@ class DataCoordinate(Mapping[str, DataIdValue]):
             keys = group.data_coordinate_keys
         coerced = tuple(universe[d].key.coerce(values[d], what=d) for d in keys)  # type: ignore[union-attr]
         return cls(group, coerced)
+
+    @classmethod
+    def standardize_many(
+        cls, mappings: Iterable[Mapping[str, Any] | DataCoordinate], dimensions: DimensionGroup
+    ) -> list[DataCoordinate]:
+        """`standardize` many data IDs to one group, fast for bulk inserts.
+
+        Plain mappings with exactly the required keys and values of the right Python type take a
+        fast path; anything else goes through `standardize` (and its errors).
+        """
+        keys = dimensions.required
+        universe = dimensions.universe
+        specs = [universe[d].key for d in keys]
+        types = tuple(int if s.type == "int" else str for s in specs)  # type: ignore[union-attr]
+        string_limits = [(i, s.length) for i, s in enumerate(specs) if s.type == "string"]  # type: ignore[union-attr]
+        n = len(keys)
+        getter = operator.itemgetter(*keys) if n else None
+        out = []
+        for m in mappings:
+            if isinstance(m, DataCoordinate):
+                out.append(m if m.dimensions == dimensions else cls.standardize(m, dimensions=dimensions))
+                continue
+            values = None
+            if getter is not None and len(m) == n:
+                try:
+                    values = getter(m)
+                except KeyError:
+                    pass
+                else:
+                    if n == 1:
+                        values = (values,)
+                    if tuple(map(type, values)) != types or any(len(values[i]) > lim for i, lim in string_limits):
+                        values = None
+            out.append(cls(dimensions, values) if values is not None else cls.standardize(m, dimensions=dimensions))
+        return out
 
     # Mapping interface -----------------------------------------------------------------------------
 

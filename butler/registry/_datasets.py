@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import fnmatch
+import operator
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
-from ..datasets import DatasetIdGenEnum, DatasetRef, DatasetType
+from ..datasets import DatasetIdGenEnum, DatasetRef, DatasetType, uuid7_batch
 from ..dimensions import DataCoordinate, DimensionUniverse
 from ..errors import (
     CollectionTypeError,
     ConflictingDefinitionError,
+    DataIdValueError,
     DatasetTypeError,
     DuplicateDatasetError,
     MissingDatasetTypeError,
@@ -202,23 +204,23 @@ class DatasetManager:
         run_record = self._run(run)
         if check_data_ids:
             self._check_values(dt, data_ids)
+        if ids is None and id_generation_mode is DatasetIdGenEnum.UNIQUE:
+            ids = uuid7_batch(len(data_ids))
         if ids is None:
             refs = [DatasetRef(dt, d, run, id_generation_mode=id_generation_mode) for d in data_ids]
         else:
             refs = [DatasetRef(dt, d, run, id=i) for d, i in zip(data_ids, ids, strict=True)]
         now = time.time_ns()
-        dims = dt.dimensions.required
-        dataset_rows = [
-            {"id": r.id, "dataset_type_id": record.id, "run_id": run_record.id, "ingest_date": now} for r in refs
-        ]
-        tag_rows = [
-            {"dataset_type_id": record.id, "dataset_id": r.id, "collection_id": run_record.id, **dict(zip(dims, r.data_id.required_values))}
-            for r in refs
-        ]
         try:
             with self._db.transaction(write=True, savepoint=True) as conn:
-                conn.execute(self._tables.dataset.insert(), dataset_rows)
-                conn.execute(record.tags.insert(), tag_rows)
+                self._db.insert_rows(
+                    conn, self._tables.dataset, ("id", "dataset_type_id", "run_id", "ingest_date"),
+                    ((r.id, record.id, run_record.id, now) for r in refs),
+                )
+                self._db.insert_rows(
+                    conn, record.tags, ("dataset_type_id", "dataset_id", "collection_id", *dt.dimensions.required),
+                    ((record.id, r.id, run_record.id, *r.data_id.required_values) for r in refs),
+                )
         except sa.exc.IntegrityError:
             raise self._duplicate_error(record, run_record, refs) from None
         return refs
@@ -238,12 +240,13 @@ class DatasetManager:
         for dim in dims:
             element = self.universe[dim]
             idx = [dims.index(d) for d in element.required]
-            keys = {tuple(d.required_values[i] for i in idx) for d in data_ids}
+            getter = operator.itemgetter(*idx)
+            keys = {getter(d.required_values) for d in data_ids}
+            if len(idx) == 1:
+                keys = {(k,) for k in keys}
             found = self._records.fetch(element, keys)
             missing = [k for k in keys if found.get(k) is None]
             if missing:
-                from ..errors import DataIdValueError
-
                 raise DataIdValueError(
                     f"no {dim} record with {dict(zip(element.required, missing[0]))} is registered "
                     f"({len(missing)} unknown value(s) among the data IDs for {dt.name!r}); "
@@ -315,8 +318,10 @@ class DatasetManager:
             .where(tags.c.dataset_type_id == record.id, tags.c.collection_id.in_(list(rank)))
         )
         wanted = {tuple(di.required_values): di for di in data_ids}
-        if dims and len(wanted) <= 500:
-            cols = [tags.c[x] for x in dims]
+        cols = [tags.c[x] for x in dims]
+        if len(wanted) == 1:
+            stmt = stmt.where(*[c == v for c, v in zip(cols, next(iter(wanted)))])
+        elif dims and len(wanted) <= 500:
             stmt = stmt.where(sa.tuple_(*cols).in_(list(wanted)) if len(cols) > 1 else cols[0].in_([k[0] for k in wanted]))
         best: dict[tuple, tuple[int, sa.Row]] = {}
         for row in self._db.fetchall(stmt):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy
@@ -15,6 +15,7 @@ from ..errors import ConfigError
 __all__ = ["Database"]
 
 _LOG = logging.getLogger("butler.registry")
+_CHUNK = 20_000  # rows per executemany call in bulk inserts
 
 
 class Database:
@@ -54,7 +55,7 @@ class Database:
             self._conn = self.engine.connect()
         except sqlalchemy.exc.OperationalError as err:
             raise ConfigError(f"cannot connect to the registry database {url!r}: {err.orig}") from None
-        self._write_depth = 0
+        self._insert_plans: dict[tuple[str, tuple[str, ...]], tuple] = {}
 
     def close(self) -> None:
         """Close the connection."""
@@ -83,7 +84,9 @@ class Database:
 
             raise ButlerError("this repository was opened read-only (writeable=False); nothing was written.")
         if conn.in_transaction():
-            if savepoint:
+            # SQLite keeps a transaction usable after a failed statement; PostgreSQL needs a savepoint
+            # to go on (e.g. to query what a duplicate insert collided with).
+            if savepoint and not self.is_sqlite:
                 with conn.begin_nested():
                     yield conn
             else:
@@ -93,6 +96,42 @@ class Database:
             if self.is_sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
+
+    def insert_rows(
+        self, conn: sqlalchemy.Connection, table: sqlalchemy.Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """Insert many rows (tuples in ``columns`` order) with one compiled statement per chunk.
+
+        The statement is compiled once with bound parameters and executed with the driver's
+        ``executemany``, bypassing SQLAlchemy's per-row parameter construction (10^6-row inserts);
+        column types' bind processors (e.g. UUID -> text on SQLite) are still applied.
+        """
+        key = (table.name, tuple(columns))
+        plan = self._insert_plans.get(key)
+        if plan is None:
+            compiled = table.insert().compile(dialect=self.engine.dialect, column_keys=list(columns))
+            names = list(compiled.positiontup) if compiled.positional else list(compiled.params)
+            order = [list(columns).index(n) for n in names]
+            processors = [table.c[n].type.bind_processor(self.engine.dialect) for n in names]
+            processed = [(i, p) for i, p in enumerate(processors) if p is not None]
+            plan = (compiled.string, compiled.positional, names, order, processed, order == list(range(len(order))))
+            self._insert_plans[key] = plan
+        sql, positional, names, order, processed, identity = plan
+
+        def convert(row: Sequence[Any]) -> Any:
+            values = list(row) if identity else [row[i] for i in order]
+            for i, p in processed:
+                values[i] = p(values[i])
+            return tuple(values) if positional else dict(zip(names, values))
+
+        chunk: list[Any] = []
+        for row in rows:
+            chunk.append(convert(row))
+            if len(chunk) == _CHUNK:
+                conn.exec_driver_sql(sql, chunk)
+                chunk = []
+        if chunk:
+            conn.exec_driver_sql(sql, chunk)
 
     def fetchall(self, statement: Any, parameters: Any = None) -> list[sqlalchemy.Row]:
         """Execute a query inside the current (or a new read) transaction and return all rows."""

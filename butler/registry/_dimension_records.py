@@ -240,14 +240,18 @@ class DimensionRecordStorage:
             return data_id
         return self.expand_many([data_id])[0]
 
-    def expand_many(self, data_ids: Sequence[DataCoordinate]) -> list[DataCoordinate]:
-        """`expand` many data IDs of one group with one query per element."""
+    def expand_many(self, data_ids: Sequence[DataCoordinate], *, full_only: bool = False) -> list[DataCoordinate]:
+        """`expand` many data IDs of one group with one query per element.
+
+        With ``full_only`` only the dimensions' records are read and the data IDs returned carry
+        their implied values but no records (enough for file templates; regions are not read).
+        """
         if not data_ids:
             return []
         group = data_ids[0].dimensions
         known = [dict(d.items()) for d in data_ids]
         records: list[dict[str, DimensionRecord | None]] = [{} for _ in data_ids]
-        pending = list(group.elements)
+        pending = [e for e in group.elements if not full_only or self.universe[e].is_dimension]
         while pending:
             # Implied values (physical_filter from visit) become known as records are read, so take first
             # the elements whose keys are all known.
@@ -270,6 +274,9 @@ class DimensionRecordStorage:
                 if record is not None:
                     for d in element.implied:
                         known[i].setdefault(d, record.get(d))
+        if full_only:
+            keys = group.data_coordinate_keys
+            return [DataCoordinate.from_full_values(group, tuple(k[d] for d in keys)) for k in known]
         return [d.expanded(r) for d, r in zip(data_ids, records)]
 
     def count(self, element_name: str) -> int:

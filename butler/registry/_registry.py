@@ -163,9 +163,12 @@ class Registry:
         std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=dimensions, **kwargs)
         return self._records.expand(std)
 
-    def expand_data_ids(self, data_ids: Sequence[DataCoordinate]) -> list[DataCoordinate]:
-        """Expand many data IDs of one dimension group (one query per element)."""
-        return self._records.expand_many(list(data_ids))
+    def expand_data_ids(self, data_ids: Sequence[DataCoordinate], *, full_only: bool = False) -> list[DataCoordinate]:
+        """Expand many data IDs of one dimension group (one query per element).
+
+        With ``full_only``, fill in implied values without attaching records (no region reads).
+        """
+        return self._records.expand_many(list(data_ids), full_only=full_only)
 
     def get_dimension_record(self, element: str, key: Mapping[str, Any]) -> DimensionRecord | None:
         """Return the record of ``element`` identified by ``key`` (dimension -> value), or `None`."""
@@ -262,13 +265,8 @@ class Registry:
         DuplicateDatasetError, CollectionTypeError, DataIdError, DataIdValueError
         """
         name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
-        dt = self._datasets.get_type(name).dataset_type
-        group = dt.dimensions
-        std = [
-            d if isinstance(d, DataCoordinate) and d.dimensions == group
-            else DataCoordinate.standardize(d, universe=self.universe, dimensions=group)
-            for d in data_ids
-        ]
+        group = self._datasets.get_type(name).dataset_type.dimensions
+        std = DataCoordinate.standardize_many(data_ids, group)
         return self._datasets.insert(name, std, run, id_generation_mode=id_generation_mode)
 
     def import_datasets(self, refs: Sequence[DatasetRef]) -> list[DatasetRef]:

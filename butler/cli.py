@@ -1,0 +1,858 @@
+"""The ``butler`` command line: create, query, ingest into and repair a data repository.
+
+Every command takes the repository root (``REPO``) as its first argument, as in the LSST stack::
+
+    butler create repo
+    butler register-dataset-type repo calexp ExposureF instrument visit detector
+    butler ingest-files repo raw u/me/raw files.ecsv --data-id instrument=SimCam
+    butler query-datasets repo calexp -c u/me/run -d "visit IN (1..10) AND band = 'r'" --show-uri
+    butler query-data-ids repo visit detector -d "band = 'r'" --format json
+
+Query results are printed as astropy tables, or with ``--format json`` as one JSON list of row
+objects (UUIDs and times as strings) and nothing else on standard output.  Errors the user can act on
+(`butler.errors.ButlerError`) print ``Error: <message>`` on standard error and exit with code 1; a
+query that finds nothing prints ``No results.`` and the reasons on standard error and exits with 0;
+bad command-line usage exits with 2.  ``--log-level DEBUG`` adds the tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from astropy.table import Table
+from astropy.time import Time
+
+from ._butler import Butler, FileDataset, VerifyReport
+from .datasets import DatasetIdGenEnum, DatasetType
+from .datastore import StoredFileInfo
+from .dimensions import DimensionUniverse
+from .errors import ButlerError, EmptyQueryResultError
+from .registry import CollectionType, Registry
+
+__all__ = ["cli", "main"]
+
+_LOG = logging.getLogger("butler")
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_GLOB_CHARS = frozenset("*?[")
+_TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv"}
+
+
+# Error handling and logging ---------------------------------------------------------------------------
+
+
+def _debug(ctx: click.Context) -> bool:
+    return ctx.find_root().params.get("log_level") == "DEBUG"
+
+
+def _fail(ctx: click.Context, message: str) -> None:
+    """Print ``Error: message`` (after the traceback with ``--log-level DEBUG``) and exit with 1."""
+    if _debug(ctx):
+        click.echo(traceback.format_exc().rstrip(), err=True)
+    click.echo(f"Error: {message}", err=True)
+    ctx.exit(1)
+
+
+class _ButlerCommand(click.Command):
+    """A command that turns library errors into messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EmptyQueryResultError as err:
+            _report_empty(err.reasons, ctx.params.get("fmt", "table"))
+            return None
+        except ButlerError as err:
+            _fail(ctx, str(err))
+        except OSError as err:  # unreadable input files, full disks, permissions
+            _fail(ctx, str(err))
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:  # a bug: say so, keep the traceback for DEBUG
+            if _debug(ctx):
+                raise
+            _fail(
+                ctx,
+                f"unexpected {type(err).__name__}: {err}\n"
+                "This is a bug; rerun with --log-level DEBUG for the traceback and report it.",
+            )
+        return None
+
+
+class _ButlerGroup(click.Group):
+    command_class = _ButlerCommand
+
+
+class _EchoHandler(logging.Handler):
+    """Log to the *current* standard error (click's test runner swaps it per invocation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging(ctx: click.Context, level: str) -> None:
+    """Send ``butler.*`` log records at ``level`` to standard error until the command ends."""
+    handler = _EchoHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    previous = _LOG.level
+    _LOG.addHandler(handler)
+    _LOG.setLevel(level)
+
+    def restore() -> None:  # matters when the CLI runs inside another process (tests, notebooks)
+        _LOG.removeHandler(handler)
+        _LOG.setLevel(previous)
+
+    ctx.call_on_close(restore)
+
+
+# Output --------------------------------------------------------------------------------------------------
+
+
+def _region_summary(region: Any) -> str:
+    from lsst.sphgeom import LonLat
+
+    circle = region.getBoundingCircle()
+    centre = LonLat(circle.getCenter())
+    size = f"{len(region.getVertices())} vertices, " if hasattr(region, "getVertices") else ""
+    return (
+        f"{type(region).__name__}({size}centre ra={centre.getLon().asDegrees():.4f} "
+        f"dec={centre.getLat().asDegrees():.4f})"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Return a JSON-safe form of a cell: UUIDs and paths as strings, times as ISO TAI, numpy as Python."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, CollectionType):
+        return value.name
+    if isinstance(value, uuid.UUID | Path):
+        return str(value)
+    if isinstance(value, Time):
+        return value.tai.isot
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "getBoundingCircle"):  # an lsst.sphgeom region
+        return _region_summary(value)
+    return str(value)
+
+
+def _table_cell(value: Any) -> Any:
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return value
+
+
+def _format_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lay out rows (dicts with the same keys) as an astropy table; text columns are left-aligned."""
+    columns: dict[str, list[Any]] = {name: [] for name in rows[0]}
+    for row in rows:
+        for name in columns:
+            columns[name].append(_table_cell(row.get(name)))
+    table = Table()
+    for name, values in columns.items():
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        table[name] = values if numeric else [str(v) for v in values]
+        if not numeric:
+            table[name].format = "<"
+    return table.pformat(max_lines=-1, max_width=-1)
+
+
+def _output(fmt: str, *tables: Sequence[Mapping[str, Any]], empty: str | None = None) -> None:
+    """Print query results: each table as an astropy table, or all rows as one JSON list.
+
+    Parameters
+    ----------
+    fmt : `str`
+        ``"table"`` or ``"json"``.
+    *tables : sequence of `dict`
+        Rows of each table (one table per dataset type in ``query-datasets``); the keys of a table's
+        first row are its columns.
+    empty : `str`, optional
+        Message printed on standard error when there are no rows at all.
+    """
+    if fmt == "json":
+        click.echo(json.dumps([{k: _plain(v) for k, v in row.items()} for t in tables for row in t], indent=2))
+        if empty and not any(tables):
+            click.echo(empty, err=True)
+        return
+    printed = False
+    for rows in tables:
+        if not rows:
+            continue
+        if printed:
+            click.echo("")
+        click.echo("\n".join(_format_table(rows)))
+        printed = True
+    if not printed and empty:
+        click.echo(empty, err=True)
+
+
+def _report_empty(reasons: Iterable[str], fmt: str) -> None:
+    click.echo("No results.", err=True)
+    for reason in dict.fromkeys(reasons):
+        click.echo(f"  - {reason}", err=True)
+    if fmt == "json":
+        click.echo("[]")
+
+
+def _say(fmt: str, message: str) -> None:
+    """Print a human-readable message: on standard output, or standard error with ``--format json``."""
+    click.echo(message, err=(fmt == "json"))
+
+
+# Options and argument parsing --------------------------------------------------------------------------
+
+
+def _split_commas(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def _parse_value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _parse_key_values(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
+    """Parse repeated (or comma-separated) ``NAME=VALUE`` options; ints and floats are converted."""
+    out: dict[str, Any] = {}
+    for value in values:
+        for item in value.split(",") if param.name == "data_id" else [value]:
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip():
+                raise click.BadParameter(f"{item!r} is not of the form NAME=VALUE.", ctx=ctx, param=param)
+            out[name.strip()] = _parse_value(text.strip())
+    return out
+
+
+def _repo_argument(f: Callable) -> Callable:
+    return click.argument("repo", type=click.Path(file_okay=False, path_type=str))(f)
+
+
+def _format_option(f: Callable) -> Callable:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"], case_sensitive=False),
+        default="table",
+        show_default=True,
+        help="Print an astropy table, or one JSON list of row objects for scripts.",
+    )(f)
+
+
+def _collections_option(help: str) -> Callable:
+    return click.option("--collections", "-c", multiple=True, callback=_split_commas, help=help)
+
+
+_where_option = click.option(
+    "--where", "-d", default="", help="A where-expression, e.g. \"visit IN (1..10) AND band = 'r'\"."
+)
+_bind_option = click.option(
+    "--bind",
+    multiple=True,
+    callback=_parse_key_values,
+    metavar="NAME=VALUE",
+    help="Value of a bind identifier in --where (repeatable); ints and floats are converted.",
+)
+_order_by_option = click.option(
+    "--order-by",
+    multiple=True,
+    callback=_split_commas,
+    help="Sort by dimensions or record fields (visit, -detector, visit.exposure_time).",
+)
+_limit_option = click.option("--limit", type=click.IntRange(min=0), default=None, help="Return at most N rows.")
+
+
+@contextmanager
+def _open(repo: str, *, writeable: bool = False) -> Iterator[Butler]:
+    butler = Butler(repo, writeable=writeable)
+    try:
+        yield butler
+    finally:
+        butler.close()
+
+
+# The command group -----------------------------------------------------------------------------------
+
+
+@click.group(cls=_ButlerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    callback=lambda ctx, param, value: value.upper(),
+    help="Logging level; DEBUG also prints the tracebacks of errors.",
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """Create, query and manage a Butler Pipelines data repository (REPO is its root directory)."""
+    _configure_logging(ctx, log_level)
+
+
+def main() -> None:
+    """Entry point of the ``butler`` console script."""
+    cli(prog_name="butler")
+
+
+@cli.command()
+@_repo_argument
+@click.option("--db", default=None, help="SQLAlchemy URL of the registry database (default: SQLite in REPO).")
+def create(repo: str, db: str | None) -> None:
+    """Create an empty repository at REPO."""
+    butler = Butler.create(repo, db=db)
+    root = butler.config.root
+    butler.close()
+    click.echo(f"Created an empty butler repository at {root}.")
+
+
+# Queries ------------------------------------------------------------------------------------------------
+
+
+def _chain_tree(registry: Registry, name: str, depth: int, rows: list[dict[str, Any]]) -> None:
+    ctype = registry.get_collection_type(name)
+    rows.append({"Name": name, "Type": ctype.name, "Depth": depth})
+    if ctype is CollectionType.CHAINED:
+        for child in registry.get_collection_chain(name):
+            _chain_tree(registry, child, depth + 1, rows)
+
+
+@cli.command("query-collections")
+@_repo_argument
+@click.argument("glob", nargs=-1)
+@click.option(
+    "--collection-type",
+    multiple=True,
+    type=click.Choice([t.name for t in CollectionType], case_sensitive=False),
+    help="Only collections of this type (repeatable).",
+)
+@click.option(
+    "--chains",
+    type=click.Choice(["table", "tree", "flatten"], case_sensitive=False),
+    default="table",
+    show_default=True,
+    help="table: list a chain's children; tree: show them indented, recursively; flatten: replace "
+    "chains by the collections they search.",
+)
+@_format_option
+def query_collections(
+    repo: str, glob: tuple[str, ...], collection_type: tuple[str, ...], chains: str, fmt: str
+) -> None:
+    """List the collections whose names match GLOB patterns (default: all)."""
+    chains = chains.lower()
+    types = [CollectionType[t.upper()] for t in collection_type] or None
+    with _open(repo) as butler:
+        registry = butler.registry
+        records = registry.query_collections(list(glob) or "*", types=types, flatten_chains=(chains == "flatten"))
+        rows: list[dict[str, Any]] = []
+        if chains == "tree":
+            for record in records:
+                _chain_tree(registry, record.name, 0, rows)
+            if fmt != "json":
+                rows = [{"Name": "  " * r["Depth"] + r["Name"], "Type": r["Type"]} for r in rows]
+        elif chains == "flatten":
+            rows = [{"Name": r.name, "Type": r.type.name} for r in records]
+        else:
+            rows = [
+                {
+                    "Name": r.name,
+                    "Type": r.type.name,
+                    "Children": list(registry.get_collection_chain(r.name)) if r.type is CollectionType.CHAINED else [],
+                }
+                for r in records
+            ]
+    _output(fmt, rows, empty="No collections match.")
+
+
+@cli.command("query-dataset-types")
+@_repo_argument
+@click.argument("glob", nargs=-1)
+@click.option("--verbose", "-v", is_flag=True, help="Also show dimensions and storage classes.")
+@_format_option
+def query_dataset_types(repo: str, glob: tuple[str, ...], verbose: bool, fmt: str) -> None:
+    """List the registered dataset types whose names match GLOB patterns (default: all)."""
+    with _open(repo) as butler:
+        types = butler.registry.query_dataset_types(list(glob) or "*")
+    rows = [
+        {"name": t.name}
+        | (
+            {
+                "dimensions": list(t.dimensions.required),
+                "storage_class": t.storage_class,
+                "is_calibration": t.is_calibration,
+            }
+            if verbose
+            else {}
+        )
+        for t in types
+    ]
+    _output(fmt, rows, empty="No dataset types match.")
+
+
+@cli.command("query-data-ids")
+@_repo_argument
+@click.argument("dimensions", nargs=-1, required=True)
+@_collections_option("Collections to search for --datasets (repeatable or comma-separated).")
+@click.option(
+    "--datasets", multiple=True, callback=_split_commas, help="Dataset types that must exist for each data ID."
+)
+@_where_option
+@_bind_option
+@_order_by_option
+@_limit_option
+@_format_option
+def query_data_ids(
+    repo: str,
+    dimensions: tuple[str, ...],
+    collections: tuple[str, ...],
+    datasets: tuple[str, ...],
+    where: str,
+    bind: dict[str, Any],
+    order_by: tuple[str, ...],
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """List the data IDs over DIMENSION... that satisfy the constraints (one column per dimension)."""
+    with _open(repo) as butler:
+        data_ids = butler.query_data_ids(
+            list(dimensions),
+            where=where,
+            bind=bind,
+            datasets=list(datasets) or None,
+            collections=list(collections) or None,
+            order_by=list(order_by),
+            limit=limit,
+        )
+    rows = [{k: data_id[k] for k in data_id.dimensions.data_coordinate_keys} for data_id in data_ids]
+    _output(fmt, rows, empty="No results.")
+
+
+def _resolve_dataset_types(registry: Registry, names: Sequence[str]) -> list[DatasetType]:
+    """Registered dataset types for names and glob patterns (all of them for none); unknown names raise."""
+    if not names:
+        return registry.query_dataset_types("*")
+    out: dict[str, DatasetType] = {}
+    for name in names:
+        if _GLOB_CHARS & set(name):
+            out.update((t.name, t) for t in registry.query_dataset_types(name))
+        else:
+            dt = registry.get_dataset_type(name)
+            out[dt.name] = dt
+    return list(out.values())
+
+
+@cli.command("query-datasets")
+@_repo_argument
+@click.argument("dataset_type", nargs=-1)
+@_collections_option("Collections to search (repeatable, comma-separated or glob patterns; default: all).")
+@_where_option
+@_bind_option
+@click.option(
+    "--find-first/--no-find-first",
+    default=False,
+    show_default=True,
+    help="Per data ID, only the dataset of the first collection (in --collections order) that has one.",
+)
+@_order_by_option
+@_limit_option
+@click.option("--show-uri", is_flag=True, help="Add the absolute path of each dataset's file.")
+@_format_option
+def query_datasets(
+    repo: str,
+    dataset_type: tuple[str, ...],
+    collections: tuple[str, ...],
+    where: str,
+    bind: dict[str, Any],
+    find_first: bool,
+    order_by: tuple[str, ...],
+    limit: int | None,
+    show_uri: bool,
+    fmt: str,
+) -> None:
+    """List datasets of the DATASET_TYPEs (names or globs; default: all), one table per dataset type."""
+    if find_first and not collections:
+        raise click.UsageError("--find-first needs --collections in search order (no glob patterns).")
+    tables: list[list[dict[str, Any]]] = []
+    reasons: list[str] = []
+    with _open(repo) as butler:
+        types = _resolve_dataset_types(butler.registry, dataset_type)
+        if not types:
+            _output(fmt, empty="No dataset types match." if dataset_type else "No dataset types are registered.")
+            return
+        for dt in types:
+            try:
+                refs = butler.query_datasets(
+                    dt.name,
+                    list(collections) or ["*"],
+                    find_first=find_first,
+                    where=where,
+                    bind=bind,
+                    order_by=list(order_by),
+                    limit=limit,
+                )
+            except EmptyQueryResultError as err:
+                reasons += [f"{dt.name}: {r}" for r in err.reasons]
+                continue
+            records = butler.registry.get_datastore_records([r.id for r in refs]) if show_uri else {}
+            rows = []
+            for ref in refs:
+                row: dict[str, Any] = {"type": dt.name, "run": ref.run, "id": ref.id, **ref.data_id.required}
+                if show_uri:
+                    record = records.get(ref.id)
+                    row["URI"] = butler.datastore.abspath(StoredFileInfo(**record)) if record else None
+                rows.append(row)
+            tables.append(rows)
+    if not tables:
+        raise EmptyQueryResultError(reasons)
+    _output(fmt, *tables)
+
+
+@cli.command("query-dimension-records")
+@_repo_argument
+@click.argument("element")
+@_where_option
+@_bind_option
+@_order_by_option
+@_limit_option
+@_format_option
+def query_dimension_records(
+    repo: str, element: str, where: str, bind: dict[str, Any], order_by: tuple[str, ...], limit: int | None, fmt: str
+) -> None:
+    """List the records of a dimension ELEMENT (times in ISO TAI, regions summarised)."""
+    with _open(repo) as butler:
+        records = butler.query_dimension_records(element, where=where, bind=bind, order_by=list(order_by), limit=limit)
+    rows = [record.to_dict() for record in records]
+    _output(fmt, rows, empty="No results.")
+
+
+# Writes -------------------------------------------------------------------------------------------------
+
+
+@cli.command("register-dataset-type")
+@_repo_argument
+@click.argument("name")
+@click.argument("storage_class")
+@click.argument("dimensions", nargs=-1)
+@click.option("--is-calibration", is_flag=True, help="The dataset type may be certified into CALIBRATION collections.")
+def register_dataset_type(
+    repo: str, name: str, storage_class: str, dimensions: tuple[str, ...], is_calibration: bool
+) -> None:
+    """Register dataset type NAME with a STORAGE_CLASS and DIMENSION... (none for a global dataset)."""
+    with _open(repo, writeable=True) as butler:
+        new = butler.register_dataset_type(name, list(dimensions), storage_class, is_calibration=is_calibration)
+        dt = butler.get_dataset_type(name)
+    shown = f"dimensions {{{', '.join(dt.dimensions.required)}}}, storage class {dt.storage_class}"
+    if new:
+        click.echo(f"Registered dataset type {name!r} ({shown}).")
+    else:
+        click.echo(f"Dataset type {name!r} was already registered with this definition ({shown}).")
+
+
+def _read_file_table(path: Path) -> Table:
+    fmt = _TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise click.BadParameter(
+            f"{path.name}: the table must be ECSV (.ecsv) or CSV (.csv).", param_hint="'TABLE_FILE'"
+        )
+    try:
+        return Table.read(path, format=fmt)
+    except OSError:
+        raise
+    except Exception as err:  # astropy raises several types for malformed tables
+        raise ButlerError(f"cannot read {path} as {fmt}: {err}") from None
+
+
+def _data_id_value(universe: DimensionUniverse, key: str, value: Any) -> Any:
+    """A table cell or option value as the Python type of dimension ``key`` (left alone if unknown)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    spec = universe.dimensions[key].key if key in universe.dimensions else None
+    if spec is None:
+        return value
+    try:
+        return int(value) if spec.type == "int" else str(value) if spec.type == "string" else value
+    except (TypeError, ValueError):
+        return value  # the butler reports the bad value with the dimension's name
+
+
+@cli.command("ingest-files")
+@_repo_argument
+@click.argument("dataset_type")
+@click.argument("run")
+@click.argument("table_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data-id",
+    multiple=True,
+    callback=_parse_key_values,
+    metavar="KEY=VALUE",
+    help="Data ID values shared by every file (repeatable or comma-separated).",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory that relative file paths are relative to (default: the table's directory).",
+)
+@click.option(
+    "--transfer",
+    type=click.Choice(["auto", "copy", "move", "hardlink", "symlink", "direct"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+)
+@click.option("--formatter", default=None, help="Dotted path of the formatter that reads the files.")
+@click.option(
+    "--id-generation-mode",
+    type=click.Choice([m.name for m in DatasetIdGenEnum], case_sensitive=False),
+    default="UNIQUE",
+    show_default=True,
+)
+def ingest_files(
+    repo: str,
+    dataset_type: str,
+    run: str,
+    table_file: Path,
+    data_id: dict[str, Any],
+    prefix: Path | None,
+    transfer: str,
+    formatter: str | None,
+    id_generation_mode: str,
+) -> None:
+    """Ingest the files listed in TABLE_FILE as DATASET_TYPE datasets of RUN, in one transaction.
+
+    TABLE_FILE is an ECSV or CSV table whose first column is the file path and whose other columns are
+    data ID values.
+    """
+    table = _read_file_table(table_file)
+    if len(table) == 0 or not table.colnames:
+        raise ButlerError(f"{table_file} lists no files; nothing was ingested.")
+    base = prefix if prefix is not None else table_file.parent
+    path_column, *id_columns = table.colnames
+    clash = sorted(set(data_id) & set(id_columns))
+    if clash:
+        raise click.BadParameter(f"{', '.join(clash)} given both here and as table columns.", param_hint="'--data-id'")
+    with _open(repo, writeable=True) as butler:
+        universe = butler.dimensions
+        common = {k: _data_id_value(universe, k, v) for k, v in data_id.items()}
+        datasets = []
+        for row in table:
+            values = dict(common)
+            for name in id_columns:
+                if not np.ma.is_masked(row[name]):
+                    values[name] = _data_id_value(universe, name, row[name])
+            path = Path(str(row[path_column])).expanduser()
+            datasets.append(FileDataset(path if path.is_absolute() else base / path, dataset_type, values, formatter))
+        refs = butler.ingest(
+            *datasets,
+            transfer=transfer.lower(),
+            run=run,
+            id_generation_mode=DatasetIdGenEnum[id_generation_mode.upper()],
+        )
+    click.echo(f"Ingested {len(refs)} {dataset_type!r} dataset(s) into run {run!r}.")
+
+
+@cli.command("collection-chain")
+@_repo_argument
+@click.argument("parent")
+@click.argument("children", nargs=-1, callback=_split_commas)
+@click.option(
+    "--mode",
+    type=click.Choice(["redefine", "extend", "prepend", "remove", "pop"], case_sensitive=False),
+    default="redefine",
+    show_default=True,
+    help="redefine: set the children; extend/prepend: add at the end/start; remove: take out; pop: take "
+    "out the children at these 0-based positions (default 0).",
+)
+@click.option("--flatten", is_flag=True, help="Store the flattened search path of the children.")
+def collection_chain(repo: str, parent: str, children: tuple[str, ...], mode: str, flatten: bool) -> None:
+    """Create or modify the CHAINED collection PARENT; CHILDREN may also be comma-separated."""
+    mode = mode.lower()
+    if not children and mode != "pop":
+        raise click.UsageError(f"--mode {mode} needs at least one child collection.")
+    if mode == "pop":
+        bad = [c for c in children if not c.lstrip("-").isdigit()]
+        if bad:
+            raise click.BadParameter(
+                f"--mode pop takes 0-based positions, got {', '.join(bad)}.", param_hint="CHILDREN"
+            )
+    with _open(repo, writeable=True) as butler:
+        chain = butler.collection_chain(parent, list(children), mode=mode, flatten=flatten)
+    click.echo(f"[{', '.join(chain)}]")
+
+
+def _parent_chains(registry: Registry) -> dict[str, list[str]]:
+    """Child collection name -> names of the CHAINED collections that list it directly."""
+    parents: dict[str, list[str]] = {}
+    for record in registry.query_collections("*", types=[CollectionType.CHAINED]):
+        for child in registry.get_collection_chain(record.name):
+            parents.setdefault(child, []).append(record.name)
+    return parents
+
+
+@cli.command("remove-runs")
+@_repo_argument
+@click.argument("glob", nargs=-1, required=True)
+@click.option("--no-confirm", is_flag=True, help="Remove without asking.")
+def remove_runs(repo: str, glob: tuple[str, ...], no_confirm: bool) -> None:
+    """Remove the RUN collections matching GLOB patterns with their datasets and files.
+
+    The runs are also taken out of the chains that list them.
+    """
+    with _open(repo, writeable=True) as butler:
+        registry = butler.registry
+        matched = registry.query_collections(list(glob))
+        runs = [r.name for r in matched if r.type is CollectionType.RUN]
+        others = [f"{r.name} ({r.type.name})" for r in matched if r.type is not CollectionType.RUN]
+        if others:
+            click.echo(f"Not removed (not RUN collections): {', '.join(others)}.")
+        if not runs:
+            click.echo(f"No RUN collections match {' '.join(glob)}; nothing to remove.")
+            return
+        parents = _parent_chains(registry)
+        rows = [
+            {"Run": name, "Datasets": len(registry.refs_in_runs([name])), "Removed from chains": parents.get(name, [])}
+            for name in runs
+        ]
+        click.echo("\n".join(_format_table(rows)))
+        if not no_confirm and not click.confirm(
+            f"Remove these {len(runs)} run(s) and their datasets' files?", default=False
+        ):
+            click.echo("Aborted; nothing was removed.")
+            return
+        n = butler.remove_runs(runs)
+    click.echo(f"Removed {len(runs)} run(s) and {n} dataset(s).")
+
+
+# Transfers ----------------------------------------------------------------------------------------------
+
+
+@cli.command("export")
+@_repo_argument
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@_collections_option("Collections whose datasets are exported (repeatable, comma-separated or globs).")
+@click.option("--dataset-type", multiple=True, callback=_split_commas, help="Dataset types to export (default: all).")
+@_where_option
+@_bind_option
+def export(
+    repo: str,
+    directory: Path,
+    collections: tuple[str, ...],
+    dataset_type: tuple[str, ...],
+    where: str,
+    bind: dict[str, Any],
+) -> None:
+    """Export datasets, their files, dimension records and collections to DIRECTORY."""
+    with _open(repo) as butler:
+        n = butler.export(
+            directory,
+            collections=list(collections) or None,
+            dataset_types=list(dataset_type) or None,
+            where=where,
+            bind=bind,
+        )
+    click.echo(f"Exported {n} dataset(s) to {directory}.")
+
+
+@cli.command("import")
+@_repo_argument
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--transfer",
+    type=click.Choice(["copy", "move", "hardlink", "symlink", "direct"], case_sensitive=False),
+    default="copy",
+    show_default=True,
+)
+def import_(repo: str, directory: Path, transfer: str) -> None:
+    """Import a DIRECTORY written by `butler export` into REPO."""
+    with _open(repo, writeable=True) as butler:
+        n = butler.import_(directory, transfer=transfer.lower())
+    click.echo(f"Imported {n} dataset(s) from {directory}.")
+
+
+# Consistency ---------------------------------------------------------------------------------------------
+
+
+def _verify_rows(report: VerifyReport) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(problem: str, dataset_id: str | None, path: str | None, detail: str) -> None:
+        rows.append({"problem": problem, "dataset_id": dataset_id, "path": path, "detail": detail})
+
+    for dataset_id, path in report.missing_files:
+        add("missing file", dataset_id, path, "registered dataset whose file is gone")
+    for dataset_id, path, reason in report.corrupt_files:
+        add("corrupt file", dataset_id, path, reason)
+    for path in report.orphan_files:
+        add("orphan file", None, path, "file no dataset refers to")
+    for path in report.temp_files:
+        add("temporary file", None, path, "left by an interrupted write")
+    for dataset_id in report.datasets_without_records:
+        add("no file record", dataset_id, None, "dataset with no datastore record")
+    return rows
+
+
+@cli.command("verify")
+@_repo_argument
+@click.option("--checksums", is_flag=True, help="Also re-hash every file (reads all the data).")
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Delete temporary files, move orphan files to REPO/.quarantine/ and unregister datasets whose "
+    "file is missing.",
+)
+@_format_option
+def verify(repo: str, checksums: bool, fix: bool, fmt: str) -> None:
+    """Check that the registry and the files of REPO agree; exit with 1 if problems remain."""
+    with _open(repo, writeable=fix) as butler:
+        report = butler.verify(checksums=checksums, fix=fix)
+    rows = _verify_rows(report)
+    _output(fmt, rows)
+    counts = (
+        f"{len(report.missing_files)} missing, {len(report.corrupt_files)} corrupt, "
+        f"{len(report.orphan_files)} orphan and {len(report.temp_files)} temporary file(s); "
+        f"{len(report.datasets_without_records)} dataset(s) without a file record"
+    )
+    if report.ok:
+        _say(fmt, "No problems found: the registry and the files agree.")
+        return
+    _say(fmt, f"Found {counts}.")
+    remaining = report.corrupt_files if report.fixed else rows
+    if report.fixed:
+        _say(
+            fmt,
+            "Fixed: temporary files deleted, orphan files moved to .quarantine/, datasets with missing "
+            "files or without records unregistered.",
+        )
+        if remaining:
+            _say(fmt, f"{len(remaining)} corrupt file(s) remain; remove their runs or re-ingest them.")
+    else:
+        _say(fmt, "Rerun with --fix to repair.")
+    if remaining:
+        click.get_current_context().exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
