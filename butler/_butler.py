@@ -302,7 +302,7 @@ class Butler:
         """
         if isinstance(dataset_ref_or_type, DatasetRef):
             given = dataset_ref_or_type
-            run = self._require_run(given.run)
+            run = given.run
             dt = self.registry.get_dataset_type(given.dataset_type.name)
             data_id, ids = given.data_id, [given.id]
         else:
@@ -310,13 +310,13 @@ class Butler:
             if "." in name:
                 raise DatasetTypeError(f"cannot put component {name!r}; put the whole {name.partition('.')[0]!r}.")
             dt = self.registry.get_dataset_type(name)
-            run = self._require_run(run)
             data_id = DataCoordinate.standardize(data_id, universe=self.dimensions, dimensions=dt.dimensions, **kwargs)
             ids = None
         self.config.storage_classes[dt.storage_class].validate(obj)
         info: StoredFileInfo | None = None
         try:
             with self.registry.transaction():
+                run = self._require_run(run)
                 (ref,) = self.registry._datasets.insert(dt.name, [data_id], run, ids=ids)
                 ref = ref.replace(data_id=self._expand_for_template(dt, [ref.data_id])[0])
                 info = self.datastore.put(obj, ref)
@@ -366,7 +366,6 @@ class Butler:
         DuplicateDatasetError, DatastoreError, DataIdError, ...
             Nothing is registered and no file is left behind.
         """
-        run = self._require_run(run)
         by_type: dict[str, list[FileDataset]] = {}
         for d in datasets:
             by_type.setdefault(d.dataset_type, []).append(d)
@@ -375,6 +374,7 @@ class Butler:
         refs_out: list[DatasetRef] = []
         try:
             with self.registry.transaction():
+                run = self._require_run(run)
                 for name, group in by_type.items():
                     dt = self.registry.get_dataset_type(name)
                     data_ids = [

@@ -198,7 +198,9 @@ class FileTemplate:
         literals = list(self._literals)
         rendered: list[str] = []
         for i, group in enumerate(self._groups):
-            text = "".join(self._value(field, ref) for field in group)
+            # In the file name itself a nested run name's "/" becomes "_" (as daf_butler's {run:/}).
+            in_file_name = not any("/" in lit for lit in self._literals[i + 1 :])
+            text = "".join(self._value(field, ref, in_file_name=in_file_name) for field in group)
             if not text:  # every field of the group is optional and unknown: drop one "_" separator
                 if literals[i].endswith("_"):
                     literals[i] = literals[i][:-1]
@@ -220,7 +222,7 @@ class FileTemplate:
             )
         return "/".join(segments)
 
-    def _value(self, field: _Field, ref: DatasetRef) -> str:
+    def _value(self, field: _Field, ref: DatasetRef, *, in_file_name: bool = False) -> str:
         """Return the sanitised value of one field, or ``""`` if it is optional and unknown."""
         value = _lookup(field.name, ref)
         if value is None:
@@ -233,12 +235,15 @@ class FileTemplate:
                 f"({{{field.name}:?}}) in butler.yaml."
             )
         text = str(value)
+        # A RUN name may nest like a path ("u/someone/run1"), as in the LSST stack; each of its
+        # segments obeys the rules every other value obeys.
+        parts = text.split("/") if field.name == "run" else [text]
         bad = None
-        if text in ("", ".", ".."):
-            bad = "is empty, '.' or '..'"
+        if any(part in ("", ".", "..") for part in parts):
+            bad = "is empty, '.' or '..'" if len(parts) == 1 else "has an empty, '.' or '..' path segment"
         elif len(text) > _MAX_VALUE_LENGTH:
             bad = f"is longer than {_MAX_VALUE_LENGTH} characters"
-        elif _UNSAFE_CHAR_RE.search(text):
+        elif any(_UNSAFE_CHAR_RE.search(part) for part in parts):
             bad = "contains a path separator ('/' or '\\') or a control character"
         if bad:
             raise FileTemplateError(
@@ -246,7 +251,7 @@ class FileTemplate:
                 f"{ref.data_id} {bad}, so it cannot be part of a file path. Use another value (rename the "
                 "run or the dimension record)."
             )
-        return text
+        return text.replace("/", "_") if in_file_name else text
 
 
 def _lookup(name: str, ref: DatasetRef) -> object | None:

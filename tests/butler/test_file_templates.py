@@ -168,3 +168,19 @@ def test_templates_need_a_default():
 def test_malformed_configured_template_names_its_key():
     with pytest.raises(FileTemplateError, match="calexp"):
         FileTemplates({"default": "{run}/x", "calexp": "{run}/{visit"})
+
+
+def test_nested_run_name_nests_directories_but_not_the_file_name(universe):
+    dt = DatasetType("calexp", ["visit", "detector"], "ArrowAstropy", universe=universe)
+    data_id = DataCoordinate.standardize(instrument="HSC", visit=42, detector=7, universe=universe)
+    ref = DatasetRef(dt, data_id, run="u/someone/run1")
+    path = FileTemplate("{run}/{datasetType}/{datasetType}_{visit}_{detector}_{run}").format(ref)
+    assert path == "u/someone/run1/calexp/calexp_42_7_u_someone_run1"
+
+
+@pytest.mark.parametrize("run", ["u/../x", "u//x", "/abs", "u/x/", "u/.", "u/x\x00"])
+def test_nested_run_name_segments_are_checked(universe, run):
+    dt = DatasetType("calexp", ["visit", "detector"], "ArrowAstropy", universe=universe)
+    data_id = DataCoordinate.standardize(instrument="HSC", visit=42, detector=7, universe=universe)
+    with pytest.raises(FileTemplateError):
+        FileTemplate("{run}/{datasetType}_{visit}_{detector}").format(DatasetRef(dt, data_id, run=run))
