@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -745,7 +746,7 @@ class Butler:
                 report.corrupt_files.append((str(info.dataset_id), info.path, f"size {path.stat().st_size} != recorded {info.file_size}"))
             elif checksums and info.checksum:
                 try:
-                    self.datastore.get(info) if False else self.datastore.check(info)
+                    self.datastore.check(info)
                 except CorruptDatasetError as err:
                     report.corrupt_files.append((str(info.dataset_id), info.path, str(err)))
         report.orphan_files = sorted(
@@ -761,7 +762,7 @@ class Butler:
                 dest = quarantine / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 (self.datastore.root / rel).replace(dest)
-            gone = lost + [__import__("uuid").UUID(i) for i in report.datasets_without_records]
+            gone = lost + [uuid.UUID(i) for i in report.datasets_without_records]
             refs = list(self.registry.get_datasets(gone).values())
             if refs:
                 with self.registry.transaction():
