@@ -66,19 +66,19 @@ def main() -> None:
         query_times = []
         for _ in range(5):
             t0 = time.perf_counter()
-            found = butler.query_datasets("calexp", "bench/run", where=where)
+            found = butler.query_datasets("calexp", "bench/run", where=where, explain=False)
             query_times.append(time.perf_counter() - t0)
 
         table = Table({"id": np.arange(10), "flux": np.linspace(1.0, 2.0, 10), "name": [f"s{i}" for i in range(10)]})
         put_times, get_times, get_ref_times = [], [], []
-        butler.run = "bench_puts"
-        reg.register_run("bench_puts")
+        butler.run = "bench/puts"
+        reg.register_run("bench/puts")
         for i in range(args.puts):
             data_id = {"instrument": "Bench", "visit": i % args.visits, "detector": i // args.visits}
             t0 = time.perf_counter()
-            ref = butler.put(table, "calexp", data_id, run="bench_puts")
+            ref = butler.put(table, "calexp", data_id, run="bench/puts")
             t1 = time.perf_counter()
-            butler.get("calexp", data_id, collections="bench_puts")
+            butler.get("calexp", data_id, collections="bench/puts")
             t2 = time.perf_counter()
             butler.get(ref)
             t3 = time.perf_counter()

@@ -441,14 +441,27 @@ class Butler:
         search = self._search(collections)
         ref = self.find_dataset(name, data_id, collections=search, **kwargs)
         if ref is None:
-            shown = dict(DataCoordinate.standardize(
-                data_id, universe=self.dimensions, dimensions=self.registry.get_dataset_type(name).dimensions, **kwargs
-            ).items())
-            raise DatasetNotFoundError(
-                f"no {name.partition('.')[0]!r} dataset with data ID {shown} in collection(s) {list(search) if not isinstance(search, str) else [search]}; "
-                "check the collections (`butler query-datasets`) and the data ID."
+            parent = name.partition(".")[0]
+            std = DataCoordinate.standardize(
+                data_id, universe=self.dimensions, dimensions=self.registry.get_dataset_type(parent).dimensions, **kwargs
             )
+            raise self._not_found(parent, std, search)
         return ref, component
+
+    @staticmethod
+    def _not_found(name: str, data_id: DataCoordinate, search: CollectionArg) -> DatasetNotFoundError:
+        searched = [search] if isinstance(search, str) else list(search or [])
+        return DatasetNotFoundError(
+            f"no {name!r} dataset with data ID {dict(data_id.items())} in collection(s) {searched}; "
+            "check the collections (`butler query-datasets`) and the data ID."
+        )
+
+    @staticmethod
+    def _no_file(ref: DatasetRef) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"dataset {ref.id} ({ref.dataset_type.name} {ref.data_id}) is registered but has no file in the "
+            "datastore; `butler verify` lists such datasets."
+        )
 
     def get(
         self,
@@ -479,10 +492,24 @@ class Butler:
         CorruptDatasetError
             If its file is missing, truncated or fails its checksum.
         """
-        with self.registry.db.transaction():  # one read transaction for the lookups
-            ref, component = self._resolve(dataset_ref_or_type, data_id, collections, kwargs)
+        if isinstance(dataset_ref_or_type, DatasetRef):
+            ref, component = dataset_ref_or_type, dataset_ref_or_type.dataset_type.component
             info = self._stored_info(ref)
-        return self.datastore.get(info, component=component, parameters=parameters)
+        else:
+            name = dataset_ref_or_type if isinstance(dataset_ref_or_type, str) else dataset_ref_or_type.name
+            parent, _, component = name.partition(".")
+            search = self._search(collections)
+            std = DataCoordinate.standardize(
+                data_id, universe=self.dimensions, dimensions=self.registry.get_dataset_type(parent).dimensions, **kwargs
+            )
+            found = self.registry.find_dataset_with_record(parent, std, collections=search)
+            if found is None:
+                raise self._not_found(parent, std, search)
+            ref, record = found
+            if record is None:
+                raise self._no_file(ref)
+            info = StoredFileInfo(**record)
+        return self.datastore.get(info, component=component or None, parameters=parameters)
 
     def get_deferred(
         self,
@@ -500,10 +527,7 @@ class Butler:
     def _stored_info(self, ref: DatasetRef) -> StoredFileInfo:
         record = self.registry.get_datastore_records([ref.id]).get(ref.id)
         if record is None:
-            raise DatasetNotFoundError(
-                f"dataset {ref.id} ({ref.dataset_type.name} {ref.data_id}) is registered but has no file in the "
-                "datastore; `butler verify` lists such datasets."
-            )
+            raise self._no_file(ref)
         return StoredFileInfo(**record)
 
     def _read(self, ref: DatasetRef, *, component: str | None, parameters: Mapping[str, Any] | None) -> Any:

@@ -29,7 +29,7 @@ from .errors import (
     did_you_mean,
 )
 from .file_templates import FileTemplates
-from .formatters import Formatter, FormatterFactory
+from .formatters import BytesFormatter, Formatter, FormatterFactory
 
 __all__ = ["TRANSFER_MODES", "FileDatastore", "StoredFileInfo"]
 
@@ -99,6 +99,17 @@ class StoredFileInfo:
     def is_external(self) -> bool:
         """Whether the file lies outside the repository (an absolute ``path``)."""
         return PurePosixPath(self.path).is_absolute()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a new file with one system call (the name must not exist)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 class FileDatastore:
@@ -254,9 +265,9 @@ class FileDatastore:
         target = self._new_target(relative, ref)
         dotted = self.formatters.dotted_name(type(formatter))
 
-        def write(tmp: Path) -> None:
+        def serialise(produce: Callable[[], Any]) -> Any:
             try:
-                formatter.write(obj, tmp)
+                return produce()
             except ButlerError:
                 raise
             except Exception as err:
@@ -265,7 +276,11 @@ class FileDatastore:
                     f"{type(err).__name__}: {err}"
                 ) from err
 
-        size, checksum = self._write_new(target, write)
+        if isinstance(formatter, BytesFormatter):
+            data = serialise(lambda: formatter.to_bytes(obj))
+            size, checksum = self._write_new(target, lambda tmp: _write_bytes(tmp, data), data=data)
+        else:
+            size, checksum = self._write_new(target, lambda tmp: serialise(lambda: formatter.write(obj, tmp)))
         return StoredFileInfo(ref.id, relative, dotted, storage_class.name, checksum, size)
 
     def ingest(
@@ -394,17 +409,24 @@ class FileDatastore:
             except OSError:
                 return
 
-    def _write_new(self, target: Path, produce: Callable[[Path], None]) -> tuple[int, str | None]:
+    def _write_new(
+        self, target: Path, produce: Callable[[Path], None], *, data: bytes | None = None
+    ) -> tuple[int, str | None]:
         """Produce a file at a temporary name next to ``target``, measure it and rename it into place.
 
-        On any exception the temporary file (and directories created for it) is removed and the
-        exception re-raised.
+        ``data``, when given, is the file's content: it is measured in memory instead of re-reading
+        the file.  On any exception the temporary file (and directories created for it) is removed
+        and the exception re-raised.
         """
         created = self._makedirs(target.parent)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
         try:
             produce(tmp)
-            size, checksum = self._measure(tmp)
+            if data is None:
+                size, checksum = self._measure(tmp)
+            else:
+                size = len(data)
+                checksum = "sha256:" + hashlib.sha256(data).hexdigest() if self.checksum else None
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

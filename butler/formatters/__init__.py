@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from ..datasets import DatasetType, StorageClass, StorageClassFactory, import_dotted
 from ..errors import FormatterError
 
-__all__ = ["Formatter", "FormatterFactory"]
+__all__ = ["BytesFormatter", "Formatter", "FormatterFactory"]
 
 
 class Formatter(ABC):
@@ -89,6 +89,28 @@ class Formatter(ABC):
                 f"{name} does not support read parameter(s) {', '.join(map(repr, unknown))} for a "
                 f"{self.storage_class.name} dataset; supported parameters: {valid}."
             )
+
+
+class BytesFormatter(Formatter):
+    """A formatter of small files that serialises in memory (`to_bytes`).
+
+    The datastore writes the bytes with one system call and checksums them without reading the file
+    back, which is most of the cost of writing a small dataset.
+    """
+
+    @abstractmethod
+    def to_bytes(self, obj: Any) -> bytes:
+        """Serialise an object to the bytes of its file.
+
+        Raises
+        ------
+        FormatterError
+            If the object cannot be represented in this format.
+        """
+
+    def write(self, obj: Any, path: Path) -> None:
+        """Write `to_bytes` of the object to ``path``."""
+        path.write_bytes(self.to_bytes(obj))
 
 
 class FormatterFactory:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from ..errors import FormatterError
-from . import Formatter
+from . import BytesFormatter
 
 __all__ = ["JsonFormatter", "YamlFormatter", "check_json_value"]
 
@@ -56,7 +56,7 @@ def check_json_value(value: Any, where: str) -> None:
             raise FormatterError(f"{path} is a {kind.__module__}.{kind.__qualname__}, which JSON cannot hold{hint}.")
 
 
-class YamlFormatter(Formatter):
+class YamlFormatter(BytesFormatter):
     """A dictionary of plain values as a YAML file (``yaml.safe_dump`` / ``yaml.safe_load`` only).
 
     Values may be anything YAML's safe representer accepts: None, `bool`, `int`, `float`, `str`,
@@ -66,8 +66,8 @@ class YamlFormatter(Formatter):
 
     extension = ".yaml"
 
-    def write(self, obj: Any, path: Path) -> None:
-        """Write ``obj`` as YAML.
+    def to_bytes(self, obj: Any) -> bytes:
+        """Serialise ``obj`` as YAML.
 
         Raises
         ------
@@ -81,8 +81,7 @@ class YamlFormatter(Formatter):
                 f"cannot write a {self.storage_class.name} dataset as YAML: {err}. Only plain values (numbers, "
                 "strings, lists, dicts, dates) can be stored; convert other objects first."
             ) from None
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        return text.encode("utf-8")
 
     def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
         """Read the YAML document of a file."""
@@ -91,7 +90,7 @@ class YamlFormatter(Formatter):
             return yaml.safe_load(stream)
 
 
-class JsonFormatter(Formatter):
+class JsonFormatter(BytesFormatter):
     """A dictionary of plain values, or a pydantic (v2) model, as a JSON file.
 
     When the storage class's Python type is a `pydantic.BaseModel` subclass, objects are written with
@@ -107,8 +106,8 @@ class JsonFormatter(Formatter):
         pytype = self.storage_class.python_type()
         return pytype if isinstance(pytype, type) and issubclass(pytype, BaseModel) else None
 
-    def write(self, obj: Any, path: Path) -> None:
-        """Write ``obj`` as JSON.
+    def to_bytes(self, obj: Any) -> bytes:
+        """Serialise ``obj`` as JSON.
 
         Raises
         ------
@@ -124,8 +123,7 @@ class JsonFormatter(Formatter):
         else:
             check_json_value(obj, f"the {self.storage_class.name} dataset")
             data = json.dumps(obj, ensure_ascii=False).encode()
-        with open(path, "wb") as stream:
-            stream.write(data)
+        return data
 
     def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
         """Read the JSON document of a file (as a model when the storage class holds one)."""

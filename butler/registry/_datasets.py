@@ -7,6 +7,7 @@ import operator
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,6 +28,8 @@ from ._dimension_records import DimensionRecordStorage
 from .schema import CollectionType, RegistryTables
 
 __all__ = ["DatasetManager", "DatasetTypeRecord"]
+
+_RECORD_COLUMNS = ("path", "formatter", "storage_class", "checksum", "file_size")
 
 
 class DatasetTypeRecord:
@@ -58,6 +61,7 @@ class DatasetManager:
         self._records = records
         self._types: dict[str, DatasetTypeRecord] = {}
         self._by_id: dict[int, DatasetTypeRecord] = {}
+        self._find_statements: dict[tuple[int, int], sa.Select] = {}
 
     def clear_cache(self) -> None:
         self._types.clear()
@@ -302,12 +306,50 @@ class DatasetManager:
                     record.tags.delete().where(record.tags.c.collection_id == target.id, record.tags.c.dataset_id.in_(ids))
                 )
 
+    def find_one(
+        self, record: DatasetTypeRecord, data_id: DataCoordinate, collections: Sequence[CollectionRecord]
+    ) -> tuple[DatasetRef, dict[str, Any] | None] | None:
+        """Find one dataset (first collection wins) with its datastore record, in one query.
+
+        The statement is built once per dataset type and number of collections and then only
+        re-executed with new bound values (this is the hot path of every ``Butler.get``).
+        """
+        if not collections:
+            return None
+        key = (record.id, len(collections))
+        stmt = self._find_statements.get(key)
+        if stmt is None:
+            tags, d, r = record.tags, self._tables.dataset, self._tables.datastore_record
+            stmt = (
+                sa.select(tags.c.dataset_id, tags.c.collection_id, d.c.run_id, *[r.c[c] for c in _RECORD_COLUMNS])
+                .select_from(tags.join(d, d.c.id == tags.c.dataset_id).outerjoin(r, r.c.dataset_id == tags.c.dataset_id))
+                .where(
+                    tags.c.dataset_type_id == record.id,
+                    tags.c.collection_id.in_([sa.bindparam(f"c{i}") for i in range(len(collections))]),
+                    *[tags.c[dim] == sa.bindparam(f"d_{dim}") for dim in record.dataset_type.dimensions.required],
+                )
+            )
+            self._find_statements[key] = stmt
+        params = {f"c{i}": c.id for i, c in enumerate(collections)}
+        params.update({f"d_{dim}": v for dim, v in zip(record.dataset_type.dimensions.required, data_id.required_values)})
+        rows = self._db.fetchall(stmt, params)
+        if not rows:
+            return None
+        rank = {c.id: i for i, c in enumerate(collections)}
+        row = min(rows, key=lambda r: rank[r.collection_id])
+        ref = DatasetRef(record.dataset_type, data_id, self._collections.by_id(row.run_id).name, id=row.dataset_id)
+        stored = None if row.path is None else {"dataset_id": row.dataset_id, **{c: row._mapping[c] for c in _RECORD_COLUMNS}}
+        return ref, stored
+
     def find_many(
         self, record: DatasetTypeRecord, data_ids: Sequence[DataCoordinate], collections: Sequence[CollectionRecord]
     ) -> dict[DataCoordinate, DatasetRef]:
         """Find, for each data ID, the dataset in the first collection (in order) that has one."""
         if not data_ids or not collections:
             return {}
+        if len(data_ids) == 1:
+            found = self.find_one(record, data_ids[0], collections)
+            return {data_ids[0]: found[0]} if found else {}
         tags = record.tags
         d = self._tables.dataset
         dims = record.dataset_type.dimensions.required
@@ -319,9 +361,7 @@ class DatasetManager:
         )
         wanted = {tuple(di.required_values): di for di in data_ids}
         cols = [tags.c[x] for x in dims]
-        if len(wanted) == 1:
-            stmt = stmt.where(*[c == v for c, v in zip(cols, next(iter(wanted)))])
-        elif dims and len(wanted) <= 500:
+        if dims and len(wanted) <= 500:
             stmt = stmt.where(sa.tuple_(*cols).in_(list(wanted)) if len(cols) > 1 else cols[0].in_([k[0] for k in wanted]))
         best: dict[tuple, tuple[int, sa.Row]] = {}
         for row in self._db.fetchall(stmt):

@@ -47,6 +47,8 @@ class Registry:
         self._records = DimensionRecordStorage(db, self.tables, universe)
         self._datasets = DatasetManager(db, self.tables, universe, self._collections, self._records)
         self._queries = QueryRunner(db, self.tables)
+        record = self.tables.datastore_record
+        self._record_by_id = sa.select(record).where(record.c.dataset_id == sa.bindparam("id"))
 
     # Construction ------------------------------------------------------------------------------------
 
@@ -303,6 +305,14 @@ class Registry:
         found = self._datasets.find_many(record, [std], self._collections.resolve_search(collections))
         return found.get(std)
 
+    def find_dataset_with_record(
+        self, dataset_type: str, data_id: DataCoordinate, *, collections: CollectionArg
+    ) -> tuple[DatasetRef, dict[str, Any] | None] | None:
+        """`find_dataset` that also returns the dataset's datastore record (or `None`), in one query."""
+        record = self._datasets.get_type(dataset_type)
+        std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=record.dataset_type.dimensions)
+        return self._datasets.find_one(record, std, self._collections.resolve_search(collections))
+
     def find_datasets(
         self, dataset_type: str, data_ids: Sequence[DataCoordinate], *, collections: CollectionArg
     ) -> dict[DataCoordinate, DatasetRef]:
@@ -330,13 +340,17 @@ class Registry:
     def insert_datastore_records(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Insert datastore records (dicts with the ``datastore_record`` columns)."""
         if records:
+            columns = tuple(self.tables.datastore_record.c.keys())
             with self._db.transaction(write=True) as conn:
-                conn.execute(self.tables.datastore_record.insert(), list(records))
+                self._db.insert_rows(conn, self.tables.datastore_record, columns, ([r[c] for c in columns] for r in records))
 
     def get_datastore_records(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
         """Datastore records of datasets by ID (missing ones left out)."""
         t = self.tables.datastore_record
         ids = list(ids)
+        if len(ids) == 1:  # the hot path of Butler.get(ref): one prepared statement
+            rows = self._db.fetchall(self._record_by_id, {"id": ids[0]})
+            return {ids[0]: dict(rows[0]._mapping)} if rows else {}
         out: dict[uuid.UUID, dict[str, Any]] = {}
         for start in range(0, len(ids), 500):
             for row in self._db.fetchall(sa.select(t).where(t.c.dataset_id.in_(ids[start : start + 500]))):
