@@ -26,12 +26,35 @@ def universe() -> DimensionUniverse:
     return DimensionUniverse.default()
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Butler:
-    """An empty repository."""
-    butler = Butler.create(tmp_path / "repo")
+POSTGRES_URL = os.environ.get("BUTLER_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://postgres@127.0.0.1:5433/postgres
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Butler:
+    """An empty repository, once with a SQLite registry and once with PostgreSQL when
+    ``BUTLER_TEST_POSTGRES_URL`` names a server (a fresh database is made for each test)."""
+    if request.param == "sqlite":
+        butler = Butler.create(tmp_path / "repo")
+        yield butler
+        butler.close()
+        return
+    if not POSTGRES_URL:
+        pytest.skip("no PostgreSQL server: set BUTLER_TEST_POSTGRES_URL to run the registry tests on one")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"butler_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    butler = Butler.create(tmp_path / "repo", db=url)
     yield butler
     butler.close()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
 
 
 # The toy camera of the populated repository: 4 detectors, 10 visits (odd visits in r, even in g),

@@ -280,18 +280,20 @@ class DatasetManager:
         by_type: dict[str, list[DatasetRef]] = {}
         for r in refs:
             by_type.setdefault(r.dataset_type.name, []).append(r)
-        with self._db.transaction(write=True, savepoint=True) as conn:
-            for name, group in by_type.items():
-                record = self.get_type(name)
-                dims = record.dataset_type.dimensions.required
-                rows = [
-                    {"dataset_type_id": record.id, "dataset_id": r.id, "collection_id": target.id, **dict(zip(dims, r.data_id.required_values))}
-                    for r in group
-                ]
-                try:
+        records = {name: self.get_type(name) for name in by_type}
+        name = ""
+        try:
+            with self._db.transaction(write=True, savepoint=True) as conn:
+                for name, group in by_type.items():
+                    record = records[name]
+                    dims = record.dataset_type.dimensions.required
+                    rows = [
+                        {"dataset_type_id": record.id, "dataset_id": r.id, "collection_id": target.id, **dict(zip(dims, r.data_id.required_values))}
+                        for r in group
+                    ]
                     conn.execute(record.tags.insert(), rows)
-                except sa.exc.IntegrityError:
-                    raise self._duplicate_error(record, target, group) from None
+        except sa.exc.IntegrityError:  # the savepoint is rolled back: the database can be asked why
+            raise self._duplicate_error(records[name], target, by_type[name]) from None
 
     def disassociate(self, tagged: str, refs: Sequence[DatasetRef]) -> None:
         """Remove datasets from a TAGGED collection."""
