@@ -25,7 +25,6 @@ Manifest layout (format version 1)::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -668,37 +667,18 @@ def _checked(datastore: FileDatastore, info: StoredFileInfo, dataset: _ImportedD
     CorruptDatasetError
         If the file's size or checksum differs from the manifest's.
     """
-    path = datastore.abspath(info)
-    ref = dataset.ref
-    what = f"file {dataset.source} of dataset {ref.dataset_type.name} {ref.data_id} ({ref.id})"
-    if info.file_size != dataset.file_size:
+    expected = replace(info, checksum=dataset.checksum or info.checksum, file_size=dataset.file_size)
+    if expected == info:  # the checksum computed while copying already matches the manifest
+        return info
+    try:
+        datastore.check(expected)
+    except CorruptDatasetError as err:
+        ref = dataset.ref
         raise CorruptDatasetError(
-            f"{what} has {info.file_size} bytes but the export manifest says {dataset.file_size}; the export is "
-            "damaged. Nothing was imported; re-export the datasets."
-        )
-    if dataset.checksum:
-        found = info.checksum
-        algorithm = dataset.checksum.partition(":")[0]
-        if not found or found.partition(":")[0] != algorithm:
-            found = _checksum(path, algorithm)
-        if found != dataset.checksum:
-            raise CorruptDatasetError(
-                f"{what} has checksum {found} but the export manifest says {dataset.checksum}; the export is "
-                "damaged. Nothing was imported; re-export the datasets."
-            )
-    return replace(info, checksum=dataset.checksum or info.checksum)
-
-
-def _checksum(path: Path, algorithm: str) -> str:
-    """``"<algorithm>:<hex digest>"`` of a file."""
-    with open(path, "rb") as stream:
-        try:
-            digest = hashlib.file_digest(stream, algorithm).hexdigest()
-        except ValueError:
-            raise CorruptDatasetError(
-                f"the export manifest gives a checksum of unknown algorithm {algorithm!r} for {path}."
-            ) from None
-    return f"{algorithm}:{digest}"
+            f"file {dataset.source} of dataset {ref.dataset_type.name} {ref.data_id} ({ref.id}) does not match the "
+            f"export manifest: {err} The export is damaged; nothing was imported. Re-export the datasets."
+        ) from None
+    return expected
 
 
 def _import_tagged(registry: Registry, manifest: _Manifest, refs: Mapping[uuid.UUID, DatasetRef]) -> None:
