@@ -1,0 +1,71 @@
+"""The exception hierarchy of the pipeline framework (``graph``).
+
+Errors from user input (a bad pipeline file, config override or query) derive from `PipelineError`
+and say what was wrong and what to do.  `NoWorkFound` and `AlgorithmError` are raised by tasks.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlgorithmError",
+    "ConfigOverrideError",
+    "ConnectionError",
+    "FrozenConfigError",
+    "GraphBuildError",
+    "GraphFileError",
+    "NoWorkFound",
+    "PipelineDefinitionError",
+    "PipelineError",
+    "QuantumExecutionError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of the pipeline framework's errors about user input."""
+
+
+class ConfigOverrideError(PipelineError, ValueError):
+    """A config override names an unknown field or gives a value of the wrong type."""
+
+
+class FrozenConfigError(PipelineError, AttributeError):
+    """A config was changed after it was frozen for a run."""
+
+
+class ConnectionError(PipelineError):  # noqa: A001 - the field's term
+    """A task's connections are inconsistent (bad dimensions, names or templates)."""
+
+
+class PipelineDefinitionError(PipelineError):
+    """A pipeline YAML file or pipeline graph is invalid (unknown keys, cycles, two producers...)."""
+
+
+class GraphBuildError(PipelineError):
+    """A quantum graph cannot be built (bad query, missing collections...)."""
+
+
+class GraphFileError(PipelineError):
+    """A saved quantum graph cannot be read (wrong format version, damaged or tampered file)."""
+
+
+class QuantumExecutionError(PipelineError):
+    """Running a quantum failed; the message names the task label and data ID."""
+
+
+class NoWorkFound(Exception):  # noqa: N818 - the LSST stack's name
+    """Raised by a task when a quantum has nothing to do (e.g. no usable input).
+
+    The quantum is recorded as succeeded with no outputs, and its descendants that need those
+    outputs are skipped rather than failed.
+    """
+
+
+class AlgorithmError(RuntimeError):
+    """Raised by a task when its algorithm fails on valid input (e.g. too few stars for a PSF).
+
+    Subclasses may carry diagnostic ``metadata`` (a dict) that is recorded with the failure.
+    """
+
+    @property
+    def metadata(self) -> dict:
+        return {}
