@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import uuid
@@ -508,7 +509,7 @@ class Butler:
             ref, record = found
             if record is None:
                 raise self._no_file(ref)
-            info = StoredFileInfo(**record)
+            info = self._with_content(StoredFileInfo(**record))
         return self.datastore.get(info, component=component or None, parameters=parameters)
 
     def get_deferred(
@@ -528,7 +529,14 @@ class Butler:
         record = self.registry.get_datastore_records([ref.id]).get(ref.id)
         if record is None:
             raise self._no_file(ref)
-        return StoredFileInfo(**record)
+        return self._with_content(StoredFileInfo(**record))
+
+    def _with_content(self, info: StoredFileInfo) -> StoredFileInfo:
+        """Attach the registry-stored bytes to the record of an inline dataset."""
+        if info.is_inline and info.inline is None:
+            content = self.registry.get_inline_content([info.dataset_id]).get(info.dataset_id)
+            info = dataclasses.replace(info, inline=content)
+        return info
 
     def _read(self, ref: DatasetRef, *, component: str | None, parameters: Mapping[str, Any] | None) -> Any:
         return self.datastore.get(self._stored_info(ref), component=component, parameters=parameters)
@@ -546,7 +554,10 @@ class Butler:
         if ref is None:
             return False
         record = self.registry.get_datastore_records([ref.id]).get(ref.id)
-        return record is not None and self.datastore.abspath(StoredFileInfo(**record)).is_file()
+        if record is None:
+            return False
+        info = StoredFileInfo(**record)
+        return info.is_inline or self.datastore.abspath(info).is_file()
 
     # Collections ---------------------------------------------------------------------------------
 
@@ -761,6 +772,13 @@ class Butler:
         lost = []
         for row in records:
             info = StoredFileInfo(**row)
+            if info.is_inline:
+                if checksums:
+                    try:
+                        self.datastore.check(self._with_content(info))
+                    except CorruptDatasetError as err:
+                        report.corrupt_files.append((str(info.dataset_id), info.path, str(err)))
+                continue
             known_paths.add(info.path)
             path = self.datastore.abspath(info)
             if not path.is_file():
@@ -803,4 +821,5 @@ def _record_row(info: StoredFileInfo) -> dict[str, Any]:
         "storage_class": info.storage_class,
         "checksum": info.checksum,
         "file_size": info.file_size,
+        "inline": info.inline,
     }

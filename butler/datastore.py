@@ -9,13 +9,14 @@ registry) to record, and `get` reads with that record.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,7 +32,8 @@ from .errors import (
 from .file_templates import FileTemplates
 from .formatters import BytesFormatter, Formatter, FormatterFactory
 
-__all__ = ["TRANSFER_MODES", "FileDatastore", "StoredFileInfo"]
+__all__ = [
+    "INLINE_PATH","TRANSFER_MODES", "FileDatastore", "StoredFileInfo"]
 
 TRANSFER_MODES = ("copy", "move", "hardlink", "symlink", "direct", "auto")
 # Top-level files of a repository that are not datasets (see `FileDatastore.walk_files`).
@@ -40,7 +42,9 @@ REPOSITORY_FILES = frozenset(
 )
 _DATABASE_FILE_RE = re.compile(r"\.(sqlite3?|db)(-wal|-shm|-journal)?$")
 _TEMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
-_CONFIG_KEYS = ("checksum", "verify_on_get", "templates")
+_CONFIG_KEYS = ("checksum", "verify_on_get", "templates", "inline_storage_classes")
+#: The ``path`` of datasets whose bytes are kept in the registry instead of a file.
+INLINE_PATH = ":inline:"
 _COMPRESSION_SUFFIXES = frozenset({".gz", ".fz", ".bz2", ".xz", ".zst"})
 
 
@@ -71,10 +75,16 @@ class StoredFileInfo:
     storage_class: str
     checksum: str | None
     file_size: int
+    inline: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_inline(self) -> bool:
+        """Whether the dataset is stored in the registry (``inline`` bytes) rather than in a file."""
+        return self.path == INLINE_PATH
 
     def to_simple(self) -> dict[str, Any]:
-        """Return a JSON-safe dictionary (the inverse of `from_simple`)."""
-        return {
+        """Return a JSON-safe dictionary (the inverse of `from_simple`); inline bytes as base64."""
+        simple = {
             "dataset_id": str(self.dataset_id),
             "path": self.path,
             "formatter": self.formatter,
@@ -82,6 +92,9 @@ class StoredFileInfo:
             "checksum": self.checksum,
             "file_size": self.file_size,
         }
+        if self.inline is not None:
+            simple["inline"] = base64.b64encode(self.inline).decode("ascii")
+        return simple
 
     @classmethod
     def from_simple(cls, simple: Mapping[str, Any]) -> StoredFileInfo:
@@ -93,6 +106,7 @@ class StoredFileInfo:
             storage_class=str(simple["storage_class"]),
             checksum=simple.get("checksum"),
             file_size=int(simple["file_size"]),
+            inline=base64.b64decode(simple["inline"]) if simple.get("inline") is not None else None,
         )
 
     @property
@@ -173,6 +187,7 @@ class FileDatastore:
         self.formatters = FormatterFactory(formatters_config, storage_classes)
         self._storage_classes = storage_classes
         self._repository_files = REPOSITORY_FILES | frozenset(repository_files)
+        self.inline_storage_classes = frozenset(config.get("inline_storage_classes") or ())
 
     def __repr__(self) -> str:
         return f"FileDatastore({str(self.root)!r})"
@@ -226,7 +241,7 @@ class FileDatastore:
 
     # Writing ----------------------------------------------------------------------------------------
 
-    def put(self, obj: Any, ref: DatasetRef) -> StoredFileInfo:
+    def put(self, obj: Any, ref: DatasetRef, *, clobber: bool = False) -> StoredFileInfo:
         """Write a dataset's file (the registry is not touched).
 
         Parameters
@@ -235,6 +250,9 @@ class FileDatastore:
             An instance of the dataset type's storage class's Python type.
         ref : `DatasetRef`
             The dataset; its data ID must know every value the file template needs.
+        clobber : `bool`, optional
+            Replace a file already at the target path.  Only for a caller that knows no registered
+            dataset owns it (an executor re-running a quantum whose earlier attempt was killed).
 
         Returns
         -------
@@ -262,7 +280,7 @@ class FileDatastore:
         storage_class.validate(obj)
         formatter = self.formatters.get(dataset_type)
         relative = self.templates.get(dataset_type).format(ref) + formatter.extension
-        target = self._new_target(relative, ref)
+        target = self._new_target(relative, ref, clobber=clobber)
         dotted = self.formatters.dotted_name(type(formatter))
 
         def serialise(produce: Callable[[], Any]) -> Any:
@@ -276,6 +294,10 @@ class FileDatastore:
                     f"{type(err).__name__}: {err}"
                 ) from err
 
+        if isinstance(formatter, BytesFormatter) and storage_class.name in self.inline_storage_classes:
+            data = serialise(lambda: formatter.to_bytes(obj))
+            checksum = "sha256:" + hashlib.sha256(data).hexdigest() if self.checksum else None
+            return StoredFileInfo(ref.id, INLINE_PATH, dotted, storage_class.name, checksum, len(data), inline=data)
         if isinstance(formatter, BytesFormatter):
             data = serialise(lambda: formatter.to_bytes(obj))
             size, checksum = self._write_new(target, lambda tmp: _write_bytes(tmp, data), data=data)
@@ -362,8 +384,9 @@ class FileDatastore:
             size, checksum = self._link(source, target, symbolic=(mode == "symlink"))
         return StoredFileInfo(ref.id, relative, dotted, storage_class.name, checksum, size)
 
-    def _new_target(self, relative: str, ref: DatasetRef) -> Path:
-        """Return the absolute destination of a new file, checking it stays inside the root and is free."""
+    def _new_target(self, relative: str, ref: DatasetRef, *, clobber: bool = False) -> Path:
+        """Return the absolute destination of a new file, checking it stays inside the root and is free
+        (unless ``clobber``)."""
         target = self.root / relative
         parent = target.parent.resolve()
         if not parent.is_relative_to(self.root):
@@ -371,7 +394,7 @@ class FileDatastore:
                 f"the file of dataset {ref.dataset_type.name} {ref.data_id} would be written to {parent}, outside "
                 f"the repository root {self.root} (through a symbolic link in {relative!r}). Remove the link."
             )
-        if os.path.lexists(target):
+        if not clobber and os.path.lexists(target):
             raise DatastoreError(
                 f"cannot write dataset {ref.dataset_type.name} {ref.data_id} (run {ref.run!r}): the file "
                 f"{target} already exists, probably left by an interrupted write. `butler verify --fix` "
@@ -496,6 +519,9 @@ class FileDatastore:
         DatastoreError
             If the record's checksum uses an unknown algorithm.
         """
+        if info.is_inline:
+            self._check_inline(info, checksum=checksum)
+            return self.root
         path = self.abspath(info)
         try:
             size = os.stat(path).st_size
@@ -525,6 +551,18 @@ class FileDatastore:
                     f"found {algorithm}:{found}. Restore it, or remove the dataset."
                 )
         return path
+
+    @staticmethod
+    def _check_inline(info: StoredFileInfo, *, checksum: bool) -> None:
+        if info.inline is None:
+            raise DatastoreError(f"dataset {info.dataset_id} is stored in the registry, but its bytes were not read.")
+        problem = None
+        if len(info.inline) != info.file_size:
+            problem = f"expected {info.file_size} bytes, found {len(info.inline)}"
+        elif checksum and info.checksum and info.checksum != "sha256:" + hashlib.sha256(info.inline).hexdigest():
+            problem = f"its checksum differs from the recorded {info.checksum}"
+        if problem:
+            raise CorruptDatasetError(f"the registry-stored content of dataset {info.dataset_id} is damaged: {problem}.")
 
     def get(
         self,
@@ -560,6 +598,8 @@ class FileDatastore:
         path = self.check(info, checksum=self.verify_on_get)
         formatter: Formatter = self.formatters.from_name(info.formatter, info.storage_class)
         try:
+            if info.is_inline:
+                return formatter.from_bytes(info.inline, component=component, parameters=parameters)  # type: ignore[attr-defined]
             return formatter.read(path, component=component, parameters=parameters)
         except (ButlerError, MemoryError):
             raise
@@ -584,7 +624,7 @@ class FileDatastore:
         """
         directories = set()
         for info in infos:
-            if info.is_external:
+            if info.is_external or info.is_inline:
                 continue
             path = self.abspath(info)
             try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import hashlib
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ import yaml
 
 from ._butler import Butler, _record_row
 from .datasets import DatasetRef, DatasetType
-from .datastore import FileDatastore, StoredFileInfo
+from .datastore import INLINE_PATH, FileDatastore, StoredFileInfo
 from .dimensions import DataCoordinate, DimensionRecord, DimensionUniverse
 from .errors import (
     ButlerError,
@@ -60,6 +61,7 @@ EXPORT_FORMAT_VERSION = 1
 MANIFEST_NAME = "export.yaml"
 #: Folder (inside an export directory) for files the source repository only referred to by absolute path.
 _DIRECT_DIR = "direct"
+_INLINE_DIR = "inline"  # registry-stored datasets, written out as files
 _PATTERN_CHARS = "*?["
 
 
@@ -138,7 +140,7 @@ def export_datasets(
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _copy_files(butler.datastore, plan, root)
+        _copy_files(butler, plan, root)
         _write_manifest(root / MANIFEST_NAME, _manifest(butler.dimensions, plan))
     except BaseException:
         _clean_export(root, created)
@@ -249,6 +251,8 @@ def _stored_infos(registry: Registry, refs: Sequence[DatasetRef]) -> dict[uuid.U
 
 def _export_path(info: StoredFileInfo) -> str:
     """The POSIX path of a dataset's file inside the export directory."""
+    if info.is_inline:  # registry-stored bytes become a file of the export
+        return f"{_INLINE_DIR}/{info.dataset_id.hex}"
     if info.is_external:
         return f"{_DIRECT_DIR}/{info.dataset_id.hex}_{PurePosixPath(info.path).name}"
     return info.path
@@ -382,12 +386,17 @@ def _tagged_members(
     return ids
 
 
-def _copy_files(datastore: FileDatastore, plan: _ExportPlan, root: Path) -> None:
-    """Copy every dataset's file to its export path."""
+def _copy_files(butler: Butler, plan: _ExportPlan, root: Path) -> None:
+    """Copy every dataset's file (or registry-stored bytes) to its export path."""
+    datastore = butler.datastore
+    inline = butler.registry.get_inline_content([i for i, info in plan.infos.items() if info.is_inline])
     for ref in plan.refs:
-        source = datastore.abspath(plan.infos[ref.id])
         target = root / plan.paths[ref.id]
         target.parent.mkdir(parents=True, exist_ok=True)
+        if ref.id in inline:
+            target.write_bytes(inline[ref.id])
+            continue
+        source = datastore.abspath(plan.infos[ref.id])
         try:
             shutil.copyfile(source, target)
         except FileNotFoundError:
@@ -415,6 +424,7 @@ def _manifest(universe: DimensionUniverse, plan: _ExportPlan) -> dict[str, Any]:
             "storage_class": info.storage_class,
             "checksum": info.checksum,
             "file_size": info.file_size,
+            "inline": info.is_inline,
         })
     return {
         "format_version": EXPORT_FORMAT_VERSION,
@@ -447,6 +457,7 @@ class _ImportedDataset:
     storage_class: str
     checksum: str | None
     file_size: int
+    inline: bool = False
 
 
 @dataclass
@@ -617,6 +628,7 @@ def _parse_dataset(
         storage_class=str(entry["storage_class"]),
         checksum=entry.get("checksum"),
         file_size=int(entry["file_size"]),
+        inline=bool(entry.get("inline", False)),
     )
 
 
@@ -637,10 +649,17 @@ def _import_all(butler: Butler, manifest: _Manifest, transfer: str, written: lis
     expanded = _expand_refs(registry, refs)
     rows = []
     for dataset in manifest.datasets:
-        info = butler.datastore.ingest(
-            dataset.source, expanded[dataset.ref.id], transfer=transfer, formatter=dataset.formatter
-        )
-        written.append(info)
+        if dataset.inline:  # back into the registry, as it was exported
+            content = dataset.source.read_bytes()
+            info = StoredFileInfo(
+                dataset.ref.id, INLINE_PATH, dataset.formatter, dataset.storage_class,
+                "sha256:" + hashlib.sha256(content).hexdigest(), len(content), inline=content,
+            )
+        else:
+            info = butler.datastore.ingest(
+                dataset.source, expanded[dataset.ref.id], transfer=transfer, formatter=dataset.formatter
+            )
+            written.append(info)
         rows.append(_record_row(_checked(butler.datastore, info, dataset)))
     registry.insert_datastore_records(rows)
     _import_tagged(registry, manifest, {r.id: r for r in refs})

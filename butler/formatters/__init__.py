@@ -108,9 +108,26 @@ class BytesFormatter(Formatter):
             If the object cannot be represented in this format.
         """
 
+    @abstractmethod
+    def from_bytes(
+        self, data: bytes, *, component: str | None = None, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Read an object (or a component, or a subset) from the bytes of its file.
+
+        Raises
+        ------
+        FormatterError
+            If the component or a parameter is not supported.
+        """
+
     def write(self, obj: Any, path: Path) -> None:
         """Write `to_bytes` of the object to ``path``."""
         path.write_bytes(self.to_bytes(obj))
+
+    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Read the file with `from_bytes`."""
+        self.check_read_arguments(component, parameters)
+        return self.from_bytes(path.read_bytes(), component=component, parameters=parameters)
 
 
 class FormatterFactory:

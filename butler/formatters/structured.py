@@ -83,11 +83,10 @@ class YamlFormatter(BytesFormatter):
             ) from None
         return text.encode("utf-8")
 
-    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Read the YAML document of a file."""
+    def from_bytes(self, data: bytes, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Read a YAML document."""
         self.check_read_arguments(component, parameters)
-        with open(path, encoding="utf-8") as stream:
-            return yaml.safe_load(stream)
+        return yaml.safe_load(data.decode("utf-8"))
 
 
 class JsonFormatter(BytesFormatter):
@@ -125,11 +124,9 @@ class JsonFormatter(BytesFormatter):
             data = json.dumps(obj, ensure_ascii=False).encode()
         return data
 
-    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Read the JSON document of a file (as a model when the storage class holds one)."""
+    def from_bytes(self, data: bytes, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Read a JSON document (as a model when the storage class holds one)."""
         self.check_read_arguments(component, parameters)
-        with open(path, "rb") as stream:
-            data = stream.read()
         model = self._model_type()
         if model is not None:
             return model.model_validate_json(data)

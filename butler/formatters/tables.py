@@ -173,7 +173,17 @@ class ParquetFormatter(BytesFormatter):
             If ``columns`` names a column the file does not have.
         """
         self.check_read_arguments(component, parameters)
-        with pq.ParquetFile(path) as file:
+        return self._read(path, parameters)
+
+    def from_bytes(
+        self, data: bytes, *, component: str | None = None, parameters: Mapping[str, Any] | None = None
+    ) -> Table:
+        """Read a table (or some of its columns) from the bytes of a Parquet file."""
+        self.check_read_arguments(component, parameters)
+        return self._read(pa.BufferReader(data), parameters)
+
+    def _read(self, source: Any, parameters: Mapping[str, Any] | None) -> Table:
+        with pq.ParquetFile(source) as file:
             columns = None
             if parameters and parameters.get("columns") is not None:
                 columns = _check_columns_parameter(parameters["columns"], file.schema_arrow.names)

@@ -338,11 +338,27 @@ class Registry:
     # Datastore records -----------------------------------------------------------------------------------
 
     def insert_datastore_records(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Insert datastore records (dicts with the ``datastore_record`` columns)."""
+        """Insert datastore records (dicts with the ``datastore_record`` columns).
+
+        A record with an ``inline`` value (bytes) also stores those bytes in the registry.
+        """
         if records:
             columns = tuple(self.tables.datastore_record.c.keys())
+            inline = [(r["dataset_id"], r["inline"]) for r in records if r.get("inline") is not None]
             with self._db.transaction(write=True) as conn:
                 self._db.insert_rows(conn, self.tables.datastore_record, columns, ([r[c] for c in columns] for r in records))
+                if inline:
+                    self._db.insert_rows(conn, self.tables.datastore_inline, ("dataset_id", "content"), inline)
+
+    def get_inline_content(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        """The registry-stored bytes of inline datasets, by dataset ID."""
+        t = self.tables.datastore_inline
+        ids = list(ids)
+        out: dict[uuid.UUID, bytes] = {}
+        for start in range(0, len(ids), 500):
+            for row in self._db.fetchall(sa.select(t.c.dataset_id, t.c.content).where(t.c.dataset_id.in_(ids[start : start + 500]))):
+                out[row.dataset_id] = bytes(row.content)
+        return out
 
     def get_datastore_records(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
         """Datastore records of datasets by ID (missing ones left out)."""

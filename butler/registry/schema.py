@@ -138,6 +138,13 @@ class RegistryTables:
             sa.Column("checksum", sa.String(80), nullable=True),
             sa.Column("file_size", sa.BigInteger, nullable=False),
         )
+        # Bytes of small datasets (task metadata, logs, configs) kept in the registry instead of files.
+        self.datastore_inline = sa.Table(
+            "datastore_inline",
+            md,
+            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True),
+            sa.Column("content", sa.LargeBinary, nullable=False),
+        )
         self.tags: dict[str, sa.Table] = {}
 
     def _dimension_table(self, element: DimensionElement) -> sa.Table:

@@ -235,3 +235,44 @@ def test_butler_create_with_explicit_sqlite_url(tmp_path):
     assert db.exists() and not (tmp_path / "repo" / "gen3.sqlite3").exists()
     b.close()
     assert Butler(tmp_path / "repo").registry.query_collections() == []
+
+
+def test_inline_datasets_live_in_the_registry(butler, tmp_path):
+    from graph.task_metadata import TaskMetadata
+
+    butler.register_dataset_type("isr_metadata", ["visit", "detector"], "TaskMetadata")
+    md = TaskMetadata()
+    md["isr.nSaturated"] = 12
+    files_before = snapshot(butler)[1]
+    ref = butler.put(md, "isr_metadata", DATA_ID)
+    assert snapshot(butler)[1] == files_before  # no file was written
+    assert butler.get("isr_metadata", DATA_ID)["isr.nSaturated"] == 12
+    assert butler.get(ref) == md and butler.exists(ref)
+    assert butler.verify(checksums=True).ok
+    # Tampering with the stored bytes is detected on get.
+    with butler.registry.db.transaction(write=True) as conn:
+        conn.execute(sa.update(butler.registry.tables.datastore_inline).values(content=b'{"scalars": {}}'))
+    with pytest.raises(CorruptDatasetError, match="registry-stored content"):
+        butler.get(ref)
+
+
+def test_inline_datasets_export_import_and_remove(butler, tmp_path):
+    from graph.task_metadata import TaskMetadata
+
+    butler.register_dataset_type("isr_metadata", ["visit", "detector"], "TaskMetadata")
+    md = TaskMetadata.from_dict({"a": 1, "b": {"c": [1.5, 2.5]}})
+    ref = butler.put(md, "isr_metadata", DATA_ID)
+    assert butler.export(tmp_path / "out", collections="run1") == 1
+    other = Butler.create(tmp_path / "other")
+    populate_other(other)
+    assert other.import_(tmp_path / "out") == 1
+    assert other.get(ref) == md
+    assert butler.remove_runs(["run1"]) == 1
+    with butler.registry.db.transaction() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(butler.registry.tables.datastore_inline)).scalar_one() == 0
+
+
+def populate_other(other: Butler) -> None:
+    from conftest import populate
+
+    populate(other)

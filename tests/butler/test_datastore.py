@@ -368,3 +368,12 @@ def test_validate_dataset_type(store, universe):
 def test_unknown_config_key_is_an_error(tmp_path):
     with pytest.raises(DatastoreError, match="checksum"):
         make_datastore(tmp_path, checksums=False)
+
+
+def test_put_with_clobber_replaces_an_orphan_file(store, ref):
+    path = store.abspath(store.put(catalog(), ref))
+    path.write_bytes(b"left by a killed attempt")
+    with pytest.raises(DatastoreError, match="already exists"):
+        store.put(catalog(), ref)
+    again = store.put(catalog(), ref, clobber=True)
+    np.testing.assert_array_equal(store.get(again)["flux"], catalog()["flux"])
