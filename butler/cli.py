@@ -17,11 +17,7 @@ bad command-line usage exits with 2.  ``--log-level DEBUG`` adds the tracebacks.
 
 from __future__ import annotations
 
-import json
-import logging
-import traceback
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,9 +25,18 @@ from typing import Any
 import click
 import numpy as np
 from astropy.table import Table
-from astropy.time import Time
 
 from ._butler import Butler, FileDataset, VerifyReport
+from .cli_utils import (
+    ErrorHandlingGroup,
+    configure_logging,
+    format_table,
+    log_level_option,
+    output,
+    parse_key_values,
+    say,
+    split_commas,
+)
 from .datasets import DatasetIdGenEnum, DatasetType
 from .datastore import StoredFileInfo
 from .dimensions import DimensionUniverse
@@ -40,211 +45,8 @@ from .registry import CollectionType, Registry
 
 __all__ = ["cli", "main"]
 
-_LOG = logging.getLogger("butler")
-_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _GLOB_CHARS = frozenset("*?[")
 _TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv"}
-
-
-# Error handling and logging ---------------------------------------------------------------------------
-
-
-def _debug(ctx: click.Context) -> bool:
-    return ctx.find_root().params.get("log_level") == "DEBUG"
-
-
-def _fail(ctx: click.Context, message: str) -> None:
-    """Print ``Error: message`` (after the traceback with ``--log-level DEBUG``) and exit with 1."""
-    if _debug(ctx):
-        click.echo(traceback.format_exc().rstrip(), err=True)
-    click.echo(f"Error: {message}", err=True)
-    ctx.exit(1)
-
-
-class _ButlerCommand(click.Command):
-    """A command that turns library errors into messages and exit codes instead of tracebacks."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EmptyQueryResultError as err:
-            _report_empty(err.reasons, ctx.params.get("fmt", "table"))
-            return None
-        except ButlerError as err:
-            _fail(ctx, str(err))
-        except OSError as err:  # unreadable input files, full disks, permissions
-            _fail(ctx, str(err))
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as err:  # a bug: say so, keep the traceback for DEBUG
-            if _debug(ctx):
-                raise
-            _fail(
-                ctx,
-                f"unexpected {type(err).__name__}: {err}\n"
-                "This is a bug; rerun with --log-level DEBUG for the traceback and report it.",
-            )
-        return None
-
-
-class _ButlerGroup(click.Group):
-    command_class = _ButlerCommand
-
-
-class _EchoHandler(logging.Handler):
-    """Log to the *current* standard error (click's test runner swaps it per invocation)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            click.echo(self.format(record), err=True)
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
-
-
-def _configure_logging(ctx: click.Context, level: str) -> None:
-    """Send ``butler.*`` log records at ``level`` to standard error until the command ends."""
-    handler = _EchoHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    previous = _LOG.level
-    _LOG.addHandler(handler)
-    _LOG.setLevel(level)
-
-    def restore() -> None:  # matters when the CLI runs inside another process (tests, notebooks)
-        _LOG.removeHandler(handler)
-        _LOG.setLevel(previous)
-
-    ctx.call_on_close(restore)
-
-
-# Output --------------------------------------------------------------------------------------------------
-
-
-def _region_summary(region: Any) -> str:
-    from lsst.sphgeom import LonLat
-
-    circle = region.getBoundingCircle()
-    centre = LonLat(circle.getCenter())
-    size = f"{len(region.getVertices())} vertices, " if hasattr(region, "getVertices") else ""
-    return (
-        f"{type(region).__name__}({size}centre ra={centre.getLon().asDegrees():.4f} "
-        f"dec={centre.getLat().asDegrees():.4f})"
-    )
-
-
-def _plain(value: Any) -> Any:
-    """Return a JSON-safe form of a cell: UUIDs and paths as strings, times as ISO TAI, numpy as Python."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, CollectionType):
-        return value.name
-    if isinstance(value, uuid.UUID | Path):
-        return str(value)
-    if isinstance(value, Time):
-        return value.tai.isot
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "getBoundingCircle"):  # an lsst.sphgeom region
-        return _region_summary(value)
-    return str(value)
-
-
-def _table_cell(value: Any) -> Any:
-    value = _plain(value)
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return value
-
-
-def _format_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Lay out rows (dicts with the same keys) as an astropy table; text columns are left-aligned."""
-    columns: dict[str, list[Any]] = {name: [] for name in rows[0]}
-    for row in rows:
-        for name in columns:
-            columns[name].append(_table_cell(row.get(name)))
-    table = Table()
-    for name, values in columns.items():
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        table[name] = values if numeric else [str(v) for v in values]
-        if not numeric:
-            table[name].format = "<"
-    return table.pformat(max_lines=-1, max_width=-1)
-
-
-def _output(fmt: str, *tables: Sequence[Mapping[str, Any]], empty: str | None = None) -> None:
-    """Print query results: each table as an astropy table, or all rows as one JSON list.
-
-    Parameters
-    ----------
-    fmt : `str`
-        ``"table"`` or ``"json"``.
-    *tables : sequence of `dict`
-        Rows of each table (one table per dataset type in ``query-datasets``); the keys of a table's
-        first row are its columns.
-    empty : `str`, optional
-        Message printed on standard error when there are no rows at all.
-    """
-    if fmt == "json":
-        click.echo(json.dumps([{k: _plain(v) for k, v in row.items()} for t in tables for row in t], indent=2))
-        if empty and not any(tables):
-            click.echo(empty, err=True)
-        return
-    printed = False
-    for rows in tables:
-        if not rows:
-            continue
-        if printed:
-            click.echo("")
-        click.echo("\n".join(_format_table(rows)))
-        printed = True
-    if not printed and empty:
-        click.echo(empty, err=True)
-
-
-def _report_empty(reasons: Iterable[str], fmt: str) -> None:
-    click.echo("No results.", err=True)
-    for reason in dict.fromkeys(reasons):
-        click.echo(f"  - {reason}", err=True)
-    if fmt == "json":
-        click.echo("[]")
-
-
-def _say(fmt: str, message: str) -> None:
-    """Print a human-readable message: on standard output, or standard error with ``--format json``."""
-    click.echo(message, err=(fmt == "json"))
-
-
-# Options and argument parsing --------------------------------------------------------------------------
-
-
-def _split_commas(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
-
-
-def _parse_value(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
-
-
-def _parse_key_values(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
-    """Parse repeated (or comma-separated) ``NAME=VALUE`` options; ints and floats are converted."""
-    out: dict[str, Any] = {}
-    for value in values:
-        for item in value.split(",") if param.name == "data_id" else [value]:
-            name, sep, text = item.partition("=")
-            if not sep or not name.strip():
-                raise click.BadParameter(f"{item!r} is not of the form NAME=VALUE.", ctx=ctx, param=param)
-            out[name.strip()] = _parse_value(text.strip())
-    return out
 
 
 def _repo_argument(f: Callable) -> Callable:
@@ -263,7 +65,7 @@ def _format_option(f: Callable) -> Callable:
 
 
 def _collections_option(help: str) -> Callable:
-    return click.option("--collections", "-c", multiple=True, callback=_split_commas, help=help)
+    return click.option("--collections", "-c", multiple=True, callback=split_commas, help=help)
 
 
 _where_option = click.option(
@@ -272,14 +74,14 @@ _where_option = click.option(
 _bind_option = click.option(
     "--bind",
     multiple=True,
-    callback=_parse_key_values,
+    callback=parse_key_values,
     metavar="NAME=VALUE",
     help="Value of a bind identifier in --where (repeatable); ints and floats are converted.",
 )
 _order_by_option = click.option(
     "--order-by",
     multiple=True,
-    callback=_split_commas,
+    callback=split_commas,
     help="Sort by dimensions or record fields (visit, -detector, visit.exposure_time).",
 )
 _limit_option = click.option("--limit", type=click.IntRange(min=0), default=None, help="Return at most N rows.")
@@ -297,19 +99,12 @@ def _open(repo: str, *, writeable: bool = False) -> Iterator[Butler]:
 # The command group -----------------------------------------------------------------------------------
 
 
-@click.group(cls=_ButlerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--log-level",
-    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
-    default="INFO",
-    show_default=True,
-    callback=lambda ctx, param, value: value.upper(),
-    help="Logging level; DEBUG also prints the tracebacks of errors.",
-)
+@click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@log_level_option
 @click.pass_context
 def cli(ctx: click.Context, log_level: str) -> None:
     """Create, query and manage a Butler Pipelines data repository (REPO is its root directory)."""
-    _configure_logging(ctx, log_level)
+    configure_logging(ctx, log_level)
 
 
 def main() -> None:
@@ -383,7 +178,7 @@ def query_collections(
                 }
                 for r in records
             ]
-    _output(fmt, rows, empty="No collections match.")
+    output(fmt, rows, empty="No collections match.")
 
 
 @cli.command("query-dataset-types")
@@ -408,7 +203,7 @@ def query_dataset_types(repo: str, glob: tuple[str, ...], verbose: bool, fmt: st
         )
         for t in types
     ]
-    _output(fmt, rows, empty="No dataset types match.")
+    output(fmt, rows, empty="No dataset types match.")
 
 
 @cli.command("query-data-ids")
@@ -416,7 +211,7 @@ def query_dataset_types(repo: str, glob: tuple[str, ...], verbose: bool, fmt: st
 @click.argument("dimensions", nargs=-1, required=True)
 @_collections_option("Collections to search for --datasets (repeatable or comma-separated).")
 @click.option(
-    "--datasets", multiple=True, callback=_split_commas, help="Dataset types that must exist for each data ID."
+    "--datasets", multiple=True, callback=split_commas, help="Dataset types that must exist for each data ID."
 )
 @_where_option
 @_bind_option
@@ -446,7 +241,7 @@ def query_data_ids(
             limit=limit,
         )
     rows = [{k: data_id[k] for k in data_id.dimensions.data_coordinate_keys} for data_id in data_ids]
-    _output(fmt, rows, empty="No results.")
+    output(fmt, rows, empty="No results.")
 
 
 def _resolve_dataset_types(registry: Registry, names: Sequence[str]) -> list[DatasetType]:
@@ -499,7 +294,7 @@ def query_datasets(
     with _open(repo) as butler:
         types = _resolve_dataset_types(butler.registry, dataset_type)
         if not types:
-            _output(fmt, empty="No dataset types match." if dataset_type else "No dataset types are registered.")
+            output(fmt, empty="No dataset types match." if dataset_type else "No dataset types are registered.")
             return
         for dt in types:
             try:
@@ -526,7 +321,7 @@ def query_datasets(
             tables.append(rows)
     if not tables:
         raise EmptyQueryResultError(reasons)
-    _output(fmt, *tables)
+    output(fmt, *tables)
 
 
 @cli.command("query-dimension-records")
@@ -544,7 +339,7 @@ def query_dimension_records(
     with _open(repo) as butler:
         records = butler.query_dimension_records(element, where=where, bind=bind, order_by=list(order_by), limit=limit)
     rows = [record.to_dict() for record in records]
-    _output(fmt, rows, empty="No results.")
+    output(fmt, rows, empty="No results.")
 
 
 # Writes -------------------------------------------------------------------------------------------------
@@ -607,7 +402,7 @@ def _data_id_value(universe: DimensionUniverse, key: str, value: Any) -> Any:
 @click.option(
     "--data-id",
     multiple=True,
-    callback=_parse_key_values,
+    callback=parse_key_values,
     metavar="KEY=VALUE",
     help="Data ID values shared by every file (repeatable or comma-separated).",
 )
@@ -677,7 +472,7 @@ def ingest_files(
 @cli.command("collection-chain")
 @_repo_argument
 @click.argument("parent")
-@click.argument("children", nargs=-1, callback=_split_commas)
+@click.argument("children", nargs=-1, callback=split_commas)
 @click.option(
     "--mode",
     type=click.Choice(["redefine", "extend", "prepend", "remove", "pop"], case_sensitive=False),
@@ -736,7 +531,7 @@ def remove_runs(repo: str, glob: tuple[str, ...], no_confirm: bool) -> None:
             {"Run": name, "Datasets": len(registry.refs_in_runs([name])), "Removed from chains": parents.get(name, [])}
             for name in runs
         ]
-        click.echo("\n".join(_format_table(rows)))
+        click.echo("\n".join(format_table(rows)))
         if not no_confirm and not click.confirm(
             f"Remove these {len(runs)} run(s) and their datasets' files?", default=False
         ):
@@ -753,7 +548,7 @@ def remove_runs(repo: str, glob: tuple[str, ...], no_confirm: bool) -> None:
 @_repo_argument
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @_collections_option("Collections whose datasets are exported (repeatable, comma-separated or globs).")
-@click.option("--dataset-type", multiple=True, callback=_split_commas, help="Dataset types to export (default: all).")
+@click.option("--dataset-type", multiple=True, callback=split_commas, help="Dataset types to export (default: all).")
 @_where_option
 @_bind_option
 def export(
@@ -829,27 +624,27 @@ def verify(repo: str, checksums: bool, fix: bool, fmt: str) -> None:
     with _open(repo, writeable=fix) as butler:
         report = butler.verify(checksums=checksums, fix=fix)
     rows = _verify_rows(report)
-    _output(fmt, rows)
+    output(fmt, rows)
     counts = (
         f"{len(report.missing_files)} missing, {len(report.corrupt_files)} corrupt, "
         f"{len(report.orphan_files)} orphan and {len(report.temp_files)} temporary file(s); "
         f"{len(report.datasets_without_records)} dataset(s) without a file record"
     )
     if report.ok:
-        _say(fmt, "No problems found: the registry and the files agree.")
+        say(fmt, "No problems found: the registry and the files agree.")
         return
-    _say(fmt, f"Found {counts}.")
+    say(fmt, f"Found {counts}.")
     remaining = report.corrupt_files if report.fixed else rows
     if report.fixed:
-        _say(
+        say(
             fmt,
             "Fixed: temporary files deleted, orphan files moved to .quarantine/, datasets with missing "
             "files or without records unregistered.",
         )
         if remaining:
-            _say(fmt, f"{len(remaining)} corrupt file(s) remain; remove their runs or re-ingest them.")
+            say(fmt, f"{len(remaining)} corrupt file(s) remain; remove their runs or re-ingest them.")
     else:
-        _say(fmt, "Rerun with --fix to repair.")
+        say(fmt, "Rerun with --fix to repair.")
     if remaining:
         click.get_current_context().exit(1)
 
