@@ -12,6 +12,8 @@ from .connections import (
     PrerequisiteInput,
 )
 from .errors import AlgorithmError, NoWorkFound
+from .pipeline import Pipeline, TaskDef
+from .pipeline_graph import DatasetTypeNode, PipelineGraph, TaskNode
 from .struct import Struct
 from .task import PipelineTask, Task, timeMethod
 from .task_metadata import TaskMetadata
@@ -19,6 +21,7 @@ from .task_metadata import TaskMetadata
 __all__ = [
     "AlgorithmError",
     "Config",
+    "DatasetTypeNode",
     "ConfigurableField",
     "Field",
     "InitInput",
@@ -28,12 +31,16 @@ __all__ = [
     "NoWorkFound",
     "Output",
     "OutputQuantizedConnection",
+    "Pipeline",
+    "PipelineGraph",
     "PipelineTask",
     "PipelineTaskConfig",
     "PipelineTaskConnections",
     "PrerequisiteInput",
     "Struct",
     "Task",
+    "TaskDef",
+    "TaskNode",
     "TaskMetadata",
     "timeMethod",
 ]

@@ -144,6 +144,13 @@ def _category(connection: BaseConnection) -> str:
     raise ConnectionError(f"unknown connection type {type(connection).__name__}")
 
 
+# Attributes of a connections object (and of pydantic configs) that a connection must not shadow.
+_RESERVED_NAMES = frozenset(
+    {"inputs", "outputs", "prerequisiteInputs", "initInputs", "initOutputs", "dimensions", "config",
+     "allConnections", "defaultTemplates", "adjustQuantum", "schema", "copy", "json", "dict"}
+)
+
+
 def _template_fields(name: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(name) if field}
 
@@ -159,6 +166,11 @@ class PipelineTaskConnectionsMetaclass(type):
         for base in reversed(cls.__mro__[1:]):
             connections.update(getattr(base, "_class_connections", {}))
         connections.update({k: v for k, v in namespace.items() if isinstance(v, BaseConnection)})
+        clash = sorted(set(connections) & _RESERVED_NAMES)
+        if clash:
+            raise ConnectionError(
+                f"{name}: connection name(s) {clash} are reserved for attributes of the connections object; rename them."
+            )
         cls._class_connections = connections
         if dimensions is not None:
             if isinstance(dimensions, str):

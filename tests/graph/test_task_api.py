@@ -202,3 +202,9 @@ def test_struct():
     assert s.getDict() == {"a": 1, "b": [2]} and len(s) == 2
     with pytest.raises(ValueError):
         Struct(_hidden=1)
+
+
+def test_reserved_connection_names_are_rejected():
+    with pytest.raises(ConnectionError, match="reserved"):
+        class Clash(PipelineTaskConnections, dimensions=("visit",)):  # noqa: F841
+            inputs = Input(name="x", storageClass="NumpyArray", dimensions=("visit",))
