@@ -322,7 +322,7 @@ class Butler:
                 (ref,) = self.registry._datasets.insert(dt.name, [data_id], run, ids=ids)
                 ref = ref.replace(data_id=self._expand_for_template(dt, [ref.data_id])[0])
                 info = self.datastore.put(obj, ref)
-                self.registry.insert_datastore_records([_record_row(info)])
+                self.registry.insert_datastore_records([info.to_record()])
         except BaseException:
             if info is not None:
                 self.datastore.remove([info])
@@ -397,7 +397,7 @@ class Butler:
                             written.append(info)
                         if transfer == "move":
                             moved.append(Path(d.path))
-                        rows.append(_record_row(info))
+                        rows.append(info.to_record())
                     self.registry.insert_datastore_records(rows)
                     refs_out += refs
         except BaseException:
@@ -811,15 +811,3 @@ class Butler:
                     self.registry.remove_datasets(refs)
             report.fixed = True
         return report
-
-
-def _record_row(info: StoredFileInfo) -> dict[str, Any]:
-    return {
-        "dataset_id": info.dataset_id,
-        "path": info.path,
-        "formatter": info.formatter,
-        "storage_class": info.storage_class,
-        "checksum": info.checksum,
-        "file_size": info.file_size,
-        "inline": info.inline,
-    }

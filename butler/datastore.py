@@ -77,6 +77,18 @@ class StoredFileInfo:
     file_size: int
     inline: bytes | None = field(default=None, repr=False, compare=False)
 
+    def to_record(self) -> dict[str, Any]:
+        """The registry row of this record (``datastore_record`` columns, plus ``inline`` bytes)."""
+        return {
+            "dataset_id": self.dataset_id,
+            "path": self.path,
+            "formatter": self.formatter,
+            "storage_class": self.storage_class,
+            "checksum": self.checksum,
+            "file_size": self.file_size,
+            "inline": self.inline,
+        }
+
     @property
     def is_inline(self) -> bool:
         """Whether the dataset is stored in the registry (``inline`` bytes) rather than in a file."""
@@ -279,8 +291,6 @@ class FileDatastore:
         storage_class = self._storage_classes[dataset_type.storage_class]
         storage_class.validate(obj)
         formatter = self.formatters.get(dataset_type)
-        relative = self.templates.get(dataset_type).format(ref) + formatter.extension
-        target = self._new_target(relative, ref, clobber=clobber)
         dotted = self.formatters.dotted_name(type(formatter))
 
         def serialise(produce: Callable[[], Any]) -> Any:
@@ -298,6 +308,8 @@ class FileDatastore:
             data = serialise(lambda: formatter.to_bytes(obj))
             checksum = "sha256:" + hashlib.sha256(data).hexdigest() if self.checksum else None
             return StoredFileInfo(ref.id, INLINE_PATH, dotted, storage_class.name, checksum, len(data), inline=data)
+        relative = self.templates.get(dataset_type).format(ref) + formatter.extension
+        target = self._new_target(relative, ref, clobber=clobber)
         if isinstance(formatter, BytesFormatter):
             data = serialise(lambda: formatter.to_bytes(obj))
             size, checksum = self._write_new(target, lambda tmp: _write_bytes(tmp, data), data=data)

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from ._butler import Butler, _record_row
+from ._butler import Butler
 from .datasets import DatasetRef, DatasetType
 from .datastore import INLINE_PATH, FileDatastore, StoredFileInfo
 from .dimensions import DataCoordinate, DimensionRecord, DimensionUniverse
@@ -660,7 +660,7 @@ def _import_all(butler: Butler, manifest: _Manifest, transfer: str, written: lis
                 dataset.source, expanded[dataset.ref.id], transfer=transfer, formatter=dataset.formatter
             )
             written.append(info)
-        rows.append(_record_row(_checked(butler.datastore, info, dataset)))
+        rows.append(_checked(butler.datastore, info, dataset).to_record())
     registry.insert_datastore_records(rows)
     _import_tagged(registry, manifest, {r.id: r for r in refs})
     _import_chains(registry, manifest)

@@ -14,6 +14,8 @@ from .connections import (
 from .errors import AlgorithmError, NoWorkFound
 from .pipeline import Pipeline, TaskDef
 from .pipeline_graph import DatasetTypeNode, PipelineGraph, TaskNode
+from .quantum import Quantum
+from .quantum_graph import QuantumGraph
 from .struct import Struct
 from .task import PipelineTask, Task, timeMethod
 from .task_metadata import TaskMetadata
@@ -37,6 +39,8 @@ __all__ = [
     "PipelineTaskConfig",
     "PipelineTaskConnections",
     "PrerequisiteInput",
+    "Quantum",
+    "QuantumGraph",
     "Struct",
     "Task",
     "TaskDef",

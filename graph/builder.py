@@ -789,8 +789,10 @@ class _Builder:
             for ref in quantum.output_refs():
                 predicted.setdefault(ref.dataset_type.name, set()).add(ref.data_id.required_values)
         clashes: list[DatasetRef] = []
+        log_types = {node.log_dataset_type for node in self.pg.tasks.values()}
         for name, keys in predicted.items():
-            if name not in self._registered:
+            # The log of an attempt that did not finish (no metadata) is replaced by the executor.
+            if name not in self._registered or name in log_types:
                 continue
             existing = self.registry.query_datasets(name, [self.output_run], find_first=True, explain=False)
             clashes += [r for r in existing if r.data_id.required_values in keys]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlgorithmError",
+    "ConfigMismatchError",
     "ConfigOverrideError",
     "ConnectionError",
     "FrozenConfigError",
@@ -50,6 +51,10 @@ class GraphFileError(PipelineError):
 
 class QuantumExecutionError(PipelineError):
     """Running a quantum failed; the message names the task label and data ID."""
+
+
+class ConfigMismatchError(QuantumExecutionError):
+    """A re-run into an existing output run uses configs or packages that differ from the run's."""
 
 
 class NoWorkFound(Exception):  # noqa: N818 - the LSST stack's name

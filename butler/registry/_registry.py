@@ -368,9 +368,10 @@ class Registry:
             rows = self._db.fetchall(self._record_by_id, {"id": ids[0]})
             return {ids[0]: dict(rows[0]._mapping)} if rows else {}
         out: dict[uuid.UUID, dict[str, Any]] = {}
+        columns = list(t.c.keys())
         for start in range(0, len(ids), 500):
             for row in self._db.fetchall(sa.select(t).where(t.c.dataset_id.in_(ids[start : start + 500]))):
-                out[row.dataset_id] = dict(row._mapping)
+                out[row.dataset_id] = dict(zip(columns, row))
         return out
 
     def all_datastore_records(self) -> list[dict[str, Any]]:

@@ -1,0 +1,305 @@
+"""The ``pipetask`` command line: build pipelines and quantum graphs, run them, report on runs.
+
+Options are named as in the LSST stack::
+
+    pipetask build -p pipelines/ProcessCcd.yaml --show graph --pipeline-dot pipeline.dot
+    pipetask qgraph -b repo -i raw,calib -o u/me/ccd -p ProcessCcd.yaml -d "visit IN (1..10)" -q ccd.qgraph
+    pipetask run -b repo -i raw -o u/me/ccd -p ProcessCcd.yaml -c isr:doDark=false -j 2 --register-dataset-types
+    pipetask run -b repo -g ccd.qgraph -j 2                      # run a saved graph
+    pipetask run -b repo -o u/me/ccd -p ... --extend-run --skip-existing    # resume
+    pipetask report -b repo --output-run u/me/ccd/20261120T010203Z
+
+``-o OUTPUT`` is a CHAINED collection: each run prepends a new timestamped RUN (``OUTPUT/<UTC time>``)
+to it, followed by the inputs; ``--output-run`` names the RUN explicitly; ``--extend-run`` writes
+into the chain's newest RUN again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from butler import Butler, CollectionType
+from butler.cli_utils import (
+    ErrorHandlingCommand,
+    configure_logging,
+    log_level_option,
+    output,
+    split_commas,
+)
+from butler.errors import ButlerError, MissingCollectionError
+
+from .errors import PipelineError
+from .pipeline import Pipeline
+from .pipeline_graph import PipelineGraph
+
+__all__ = ["cli", "main"]
+
+
+class _PipetaskCommand(ErrorHandlingCommand):
+    handled_errors: ClassVar[tuple[type[BaseException], ...]] = (ButlerError, PipelineError)
+
+
+class _PipetaskGroup(click.Group):
+    command_class = _PipetaskCommand
+
+
+def _parse_overrides(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``-c label:key=value`` -> (label, key, value)."""
+    out = []
+    for value in values:
+        label, sep, rest = value.partition(":")
+        key, eq, text = rest.partition("=")
+        if not sep or not eq or not label or not key:
+            raise click.BadParameter(f"{value!r} is not of the form LABEL:KEY=VALUE.", ctx=ctx, param=param)
+        out.append((label.strip(), key.strip(), text.strip()))
+    return out
+
+
+def _parse_config_files(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[tuple[str, str]]:
+    """``-C label:file.yaml`` -> (label, path)."""
+    out = []
+    for value in values:
+        label, sep, path = value.partition(":")
+        if not sep or not label or not path:
+            raise click.BadParameter(f"{value!r} is not of the form LABEL:FILE.", ctx=ctx, param=param)
+        out.append((label.strip(), path.strip()))
+    return out
+
+
+def _pipeline_options(f: Any) -> Any:
+    f = click.option("--pipeline", "-p", "pipeline_uri", default=None, help="Pipeline YAML file (FILE.yaml#label,subset selects tasks).")(f)
+    f = click.option(
+        "--config", "-c", "overrides", multiple=True, callback=_parse_overrides, metavar="LABEL:KEY=VALUE",
+        help="Config override for one task (repeatable).",
+    )(f)
+    f = click.option(
+        "--config-file", "-C", "config_files", multiple=True, callback=_parse_config_files, metavar="LABEL:FILE",
+        help="YAML file of config overrides for one task (repeatable).",
+    )(f)
+    return f
+
+
+def _load_pipeline(pipeline_uri: str | None, overrides: Sequence[tuple[str, str, str]], config_files: Sequence[tuple[str, str]]) -> Pipeline:
+    if pipeline_uri is None:
+        raise click.UsageError("give a pipeline with -p/--pipeline (or a saved graph with -g for run).")
+    pipeline = Pipeline.from_file(pipeline_uri)
+    for label, path in config_files:
+        pipeline.add_config_file(label, path)
+    for label, key, value in overrides:
+        pipeline.add_config_override(label, key, value)
+    return pipeline
+
+
+def _butler_options(f: Any) -> Any:
+    f = click.option("--butler-config", "-b", "repo", required=True, help="Repository root (or its butler.yaml).")(f)
+    f = click.option("--input", "-i", "inputs", multiple=True, callback=split_commas, help="Input collections (repeatable or comma-separated).")(f)
+    f = click.option("--output", "-o", "output", default=None, help="Output CHAINED collection (new timestamped RUN + inputs).")(f)
+    f = click.option("--output-run", default=None, help="Output RUN collection (default: OUTPUT/<UTC time>).")(f)
+    f = click.option("--data-query", "-d", "where", default="", help="Where-expression selecting the data IDs.")(f)
+    f = click.option("--extend-run", is_flag=True, help="Write into the newest RUN of --output again (resume, add tasks).")(f)
+    f = click.option("--skip-existing", is_flag=True, help="Skip quanta whose outputs already exist in the output run.")(f)
+    f = click.option("--skip-existing-in", multiple=True, callback=split_commas, help="Skip quanta whose outputs exist in these collections.")(f)
+    f = click.option("--clobber-outputs", is_flag=True, help="Overwrite outputs of quanta that did not finish.")(f)
+    f = click.option("--save-qgraph", "-q", "save_qgraph", default=None, help="Save the quantum graph to this file.")(f)
+    return f
+
+
+def _resolve_collections(
+    butler: Butler, inputs: Sequence[str], output: str | None, output_run: str | None, extend_run: bool
+) -> tuple[list[str], str]:
+    """The input collections to search and the output RUN, from -i/-o/--output-run/--extend-run."""
+    registry = butler.registry
+    previous: list[str] = []
+    if output is not None:
+        try:
+            if registry.get_collection_type(output) is not CollectionType.CHAINED:
+                raise click.UsageError(f"--output {output!r} exists and is not a CHAINED collection; use --output-run.")
+            previous = list(registry.get_collection_chain(output))
+        except MissingCollectionError:
+            previous = []
+    if extend_run:
+        if output_run is None:
+            runs = [c for c in previous if registry.get_collection_type(c) is CollectionType.RUN]
+            if not runs:
+                raise click.UsageError("--extend-run needs an existing --output chain with a RUN, or --output-run.")
+            output_run = runs[0]
+    elif output_run is None:
+        if output is None:
+            raise click.UsageError("give --output (a chain) or --output-run.")
+        output_run = f"{output}/{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    elif registry._collections.find(output_run) is not None:
+        raise click.UsageError(f"output run {output_run!r} already exists; use --extend-run to add to it.")
+    search = list(inputs) or [c for c in previous if c != output_run]
+    if not search and not extend_run:
+        raise click.UsageError("give the input collections with -i/--input.")
+    return search, output_run
+
+
+def _update_chain(butler: Butler, output: str | None, output_run: str, inputs: Sequence[str]) -> None:
+    if output is None:
+        return
+    registry = butler.registry
+    registry.register_run(output_run)
+    previous: list[str] = []
+    if registry._collections.find(output) is not None:
+        previous = list(registry.get_collection_chain(output))
+    children = [output_run] + [c for c in previous if c != output_run]
+    children += [c for c in inputs if c not in children]
+    butler.collection_chain(output, children)
+
+
+def _build(
+    butler: Butler, pipeline_graph: PipelineGraph, *, inputs: Sequence[str], output_run: str, where: str,
+    skip_existing: bool, skip_existing_in: Sequence[str], extend_run: bool, clobber: bool, progress: bool,
+) -> Any:
+    from .builder import build_quantum_graph
+
+    skip = list(skip_existing_in) + ([output_run] if skip_existing else [])
+    search = list(inputs) + ([output_run] if extend_run and output_run not in inputs else [])
+    qgraph, report = build_quantum_graph(
+        pipeline_graph, butler, input_collections=search, output_run=output_run, where=where,
+        skip_existing_in=skip or None, clobber_outputs=clobber, progress=progress,
+    )
+    click.echo(str(report), err=True)
+    return qgraph
+
+
+@click.group(cls=_PipetaskGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@log_level_option
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """Build and run pipelines of PipelineTasks on a Butler Pipelines repository."""
+    configure_logging(ctx, log_level, logger="")
+
+
+def main() -> None:
+    """Entry point of the ``pipetask`` console script."""
+    cli(prog_name="pipetask")
+
+
+@cli.command()
+@_pipeline_options
+@click.option("--show", "show", multiple=True, type=click.Choice(["pipeline", "graph", "config"]), help="What to print.")
+@click.option("--pipeline-dot", type=click.Path(dir_okay=False), help="Write the pipeline graph as Graphviz dot.")
+@click.option("--pipeline-mermaid", type=click.Path(dir_okay=False), help="Write the pipeline graph as Mermaid text.")
+def build(pipeline_uri: str | None, overrides: Any, config_files: Any, show: Sequence[str], pipeline_dot: str | None, pipeline_mermaid: str | None) -> None:
+    """Read, configure and validate a pipeline; show or export it."""
+    pipeline = _load_pipeline(pipeline_uri, overrides, config_files)
+    pipeline_graph = pipeline.to_graph()
+    if "pipeline" in show:
+        click.echo(pipeline.to_yaml())
+    if "graph" in show:
+        click.echo(pipeline_graph.show())
+    if "config" in show:
+        import yaml
+
+        for label, node in pipeline_graph.tasks.items():
+            click.echo(yaml.safe_dump({label: node.config.to_dict()}, sort_keys=False).rstrip())
+    if pipeline_dot:
+        Path(pipeline_dot).write_text(pipeline_graph.to_dot())
+    if pipeline_mermaid:
+        Path(pipeline_mermaid).write_text(pipeline_graph.to_mermaid())
+    if not (show or pipeline_dot or pipeline_mermaid):
+        click.echo(f"Pipeline is valid: {len(pipeline_graph.tasks)} task(s): {', '.join(pipeline_graph.tasks)}.")
+
+
+@cli.command()
+@_pipeline_options
+@_butler_options
+@click.option("--show", "show", multiple=True, type=click.Choice(["summary", "quanta"]), default=("summary",), help="What to print.")
+def qgraph(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, inputs: Sequence[str], output: str | None,
+           output_run: str | None, where: str, extend_run: bool, skip_existing: bool, skip_existing_in: Sequence[str],
+           clobber_outputs: bool, save_qgraph: str | None, show: Sequence[str]) -> None:
+    """Build the quantum graph of a pipeline over a repository (and save it with -q)."""
+    pipeline_graph = _load_pipeline(pipeline_uri, overrides, config_files).to_graph()
+    with Butler(repo, writeable=False) as butler:
+        search, run = _resolve_collections(butler, inputs, output, output_run, extend_run)
+        graph = _build(butler, pipeline_graph, inputs=search, output_run=run, where=where, skip_existing=skip_existing,
+                       skip_existing_in=skip_existing_in, extend_run=extend_run, clobber=clobber_outputs, progress=sys.stderr.isatty())
+    if save_qgraph:
+        graph.save(save_qgraph)
+    _show_graph(graph, show)
+
+
+def _show_graph(graph: Any, show: Sequence[str]) -> None:
+    if "summary" in show:
+        output("table", [{"task": label, "quanta": n} for label, n in graph.summary().items()])
+        click.echo(f"{len(graph)} quanta in total; output run {graph.output_run!r}.")
+    if "quanta" in show:
+        output("table", [{"task": q.task_label, "quantum": str(q.id), "data ID": str(dict(q.data_id.required))} for q in graph])
+
+
+@cli.command()
+@_pipeline_options
+@_butler_options
+@click.option("--qgraph", "-g", "load_qgraph", default=None, type=click.Path(exists=True, dir_okay=False), help="Run this saved quantum graph.")
+@click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Number of worker processes.")
+@click.option("--register-dataset-types", is_flag=True, help="Register the pipeline's output dataset types if needed.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed quantum.")
+def run(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, inputs: Sequence[str], output: str | None,
+        output_run: str | None, where: str, extend_run: bool, skip_existing: bool, skip_existing_in: Sequence[str],
+        clobber_outputs: bool, save_qgraph: str | None, load_qgraph: str | None, jobs: int, register_dataset_types: bool,
+        fail_fast: bool) -> None:
+    """Build (or load) a quantum graph and execute it; exit code 1 if any quantum failed."""
+    from .execute import execute_graph
+    from .quantum_graph import QuantumGraph
+
+    with Butler(repo) as butler:
+        if load_qgraph:
+            graph = QuantumGraph.load(load_qgraph, universe=butler.dimensions)
+            search = graph.input_collections
+            inputs = inputs or search
+        else:
+            pipeline_graph = _load_pipeline(pipeline_uri, overrides, config_files).to_graph()
+            search, run_name = _resolve_collections(butler, inputs, output, output_run, extend_run)
+            graph = _build(butler, pipeline_graph, inputs=search, output_run=run_name, where=where, skip_existing=skip_existing,
+                           skip_existing_in=skip_existing_in, extend_run=extend_run, clobber=clobber_outputs,
+                           progress=sys.stderr.isatty())
+            if save_qgraph:
+                graph.save(save_qgraph)
+        _check_dataset_types(butler, graph.pipeline_graph, register_dataset_types)
+        _update_chain(butler, output, graph.output_run, search)
+        report = execute_graph(graph, butler, jobs=jobs, fail_fast=fail_fast, clobber=clobber_outputs, progress=sys.stderr.isatty())
+    click.echo(str(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _check_dataset_types(butler: Butler, pipeline_graph: PipelineGraph, register: bool) -> None:
+    missing = [
+        name for name in list(pipeline_graph.dataset_types) + list(pipeline_graph.provenance_dataset_types)
+        if butler.registry._datasets.find_type(name) is None
+    ]
+    if missing and not register:
+        raise click.ClickException(
+            f"dataset type(s) {', '.join(sorted(missing))} are not registered; rerun with --register-dataset-types."
+        )
+    if missing:
+        pipeline_graph.register_dataset_types(butler)
+
+
+@cli.command()
+@click.option("--butler-config", "-b", "repo", required=True, help="Repository root.")
+@click.option("--qgraph", "-g", "load_qgraph", default=None, type=click.Path(exists=True, dir_okay=False), help="The graph that was run.")
+@click.option("--output-run", default=None, help="The RUN collection the graph wrote (default: the graph's).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str) -> None:
+    """Report succeeded / failed / not-run quanta per task label of a run, from the repository."""
+    from .execute import report_from_registry
+
+    with Butler(repo, writeable=False) as butler:
+        graph = None
+        if load_qgraph:
+            from .quantum_graph import QuantumGraph
+
+            graph = QuantumGraph.load(load_qgraph, universe=butler.dimensions)
+        if graph is None and output_run is None:
+            raise click.UsageError("give the run with --output-run, or the graph with -g.")
+        rows = report_from_registry(butler, graph=graph, output_run=output_run)
+    output(fmt, rows, empty="No quanta found in that run.")
