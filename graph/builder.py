@@ -49,7 +49,7 @@ from butler.registry import CollectionType
 from butler.registry.expressions import parse_where, referenced_identifiers
 
 from .connections import BaseConnection, PrerequisiteInput
-from .errors import GraphBuildError, NoWorkFound
+from .errors import GraphBuildError, NothingToDoError, NoWorkFound
 from .pipeline_graph import DatasetTypeNode, PipelineGraph, TaskNode
 from .quantum import _QUANTUM_NAMESPACE, Quantum
 from .quantum_graph import QuantumGraph, paused_gc
@@ -888,21 +888,23 @@ class _Builder:
                 reasons = [str(err)]
             lines.append(f"task {label!r} ({task.dimensions}): no data IDs matched the query: {' '.join(reasons)}")
             break  # the first empty group explains the rest
-        if not lines:
-            if self.report.skipped and not self.report.pruned:
-                lines.append(
-                    f"every one of the {self.report.skipped} quanta already completed in {self.skip_existing_in}; "
-                    "there is nothing left to run."
-                )
-            else:
-                for t in self.report.tasks.values():
-                    if t.n_pruned:
-                        why = "; ".join(f"{r}: {n}" for r, n in t.pruned.most_common())
-                        example = next(iter(t.examples.values()), "")
-                        lines.append(f"task {t.label!r}: all {t.data_ids} candidate quanta were pruned ({why}), e.g. {example}")
+        pruned = []
+        for t in self.report.tasks.values():
+            if t.n_pruned:
+                why = "; ".join(f"{r}: {n}" for r, n in t.pruned.most_common())
+                example = next(iter(t.examples.values()), "")
+                pruned.append(f"task {t.label!r}: {t.n_pruned} of {t.data_ids} candidate quanta pruned ({why}), e.g. {example}")
+        if not lines and self.report.skipped:
+            error: GraphBuildError = NothingToDoError(
+                f"nothing left to run: {self.report.skipped} quanta already completed in {self.skip_existing_in}"
+                + ("; the other candidates have no inputs:\n  - " + "\n  - ".join(pruned) if pruned else ".")
+            )
+            error.report = self.report  # type: ignore[attr-defined]
+            return error
+        lines += pruned
         error = GraphBuildError(
-            "the quantum graph is empty: " + " ".join(lines)
-            + f" (input collections {self.input_collections}, data query {self.where!r})."
+            "the quantum graph is empty:\n  - " + "\n  - ".join(lines)
+            + f"\n(input collections {self.input_collections}, data query {self.where!r})."
         )
         error.report = self.report  # type: ignore[attr-defined]
         return error

@@ -34,7 +34,7 @@ from butler.cli_utils import (
 )
 from butler.errors import ButlerError, MissingCollectionError
 
-from .errors import PipelineError
+from .errors import NothingToDoError, PipelineError
 from .pipeline import Pipeline
 from .pipeline_graph import PipelineGraph
 
@@ -162,10 +162,14 @@ def _build(
 
     skip = list(skip_existing_in) + ([output_run] if skip_existing else [])
     search = list(inputs) + ([output_run] if extend_run and output_run not in inputs else [])
-    qgraph, report = build_quantum_graph(
-        pipeline_graph, butler, input_collections=search, output_run=output_run, where=where,
-        skip_existing_in=skip or None, clobber_outputs=clobber, progress=progress,
-    )
+    try:
+        qgraph, report = build_quantum_graph(
+            pipeline_graph, butler, input_collections=search, output_run=output_run, where=where,
+            skip_existing_in=skip or None, clobber_outputs=clobber, progress=progress,
+        )
+    except NothingToDoError as err:  # a resumed run that already finished is a success
+        click.echo(f"Nothing to do: {err}")
+        sys.exit(0)
     click.echo(str(report), err=True)
     return qgraph
 

@@ -15,6 +15,7 @@ __all__ = [
     "GraphBuildError",
     "GraphFileError",
     "NoWorkFound",
+    "NothingToDoError",
     "PipelineDefinitionError",
     "PipelineError",
     "QuantumExecutionError",
@@ -43,6 +44,10 @@ class PipelineDefinitionError(PipelineError):
 
 class GraphBuildError(PipelineError):
     """A quantum graph cannot be built (bad query, missing collections...)."""
+
+
+class NothingToDoError(GraphBuildError):
+    """Every quantum of the graph already completed (a resumed run has nothing left to do)."""
 
 
 class GraphFileError(PipelineError):
