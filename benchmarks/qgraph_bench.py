@@ -13,7 +13,15 @@ Prints one JSON line per scale:
 - ``file_mb``: size of the saved (gzip-compressed JSON) graph in MB;
 - ``setup_s``: seconds to make the repository (not part of the measurement).
 
-Usage: ``python benchmarks/qgraph_bench.py [--scale 1,10] [--profile]``.
+and one JSON line for execution (``--exec``, default on), on a repository with real input files:
+- ``exec_quanta``: quanta of the executed graph (the same 3-task pipeline over ``--exec-visits``
+  visits x 100 detectors: running all 20,100 quanta with 50 ms each would take 17 minutes);
+- ``overhead_ms_serial`` / ``overhead_ms_j2``: total run time / quanta with the toy tasks (no real
+  work: each quantum reads one small array and writes one, plus metadata and log), serial and ``-j 2``;
+- ``burn_quanta``, ``burn_serial_s``, ``burn_j2_s``, ``burn_ratio``: wall time of a graph whose
+  per-detector quanta each burn 50 ms of CPU (``--burn-visits`` visits), serial and ``-j 2``.
+
+Usage: ``python benchmarks/qgraph_bench.py [--scale 1,10] [--profile] [--no-exec]``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from butler import Butler  # noqa: E402
 from graph.builder import build_quantum_graph  # noqa: E402
 from graph.pipeline import Pipeline  # noqa: E402
 from graph.quantum_graph import QuantumGraph  # noqa: E402
+from graph.execute import execute_graph  # noqa: E402
 
 N_DETECTORS = 100
 INPUT_RUN = "bench/inputs"
@@ -124,15 +133,76 @@ def run(scale: int, tmp: Path, profile: bool) -> dict[str, float | int]:
     }
 
 
+def make_exec_repo(root: Path, n_visits: int) -> Butler:
+    """A repository with real ``toy_input`` files for ``n_visits`` x 100 detectors."""
+    import numpy as np
+
+    butler = make_repo(root, 0)  # dimensions and dataset type only
+    reg = butler.registry
+    reg.insert_dimension_data(
+        "visit", *[{"instrument": "Bench", "id": v, "physical_filter": "r1", "day_obs": 20250101} for v in range(n_visits)]
+    )
+    array = np.arange(16, dtype=np.float64)
+    for v in range(n_visits):
+        for d in range(N_DETECTORS):
+            butler.put(array, "toy_input", instrument="Bench", visit=v, detector=d, run="bench/real")
+    return butler
+
+
+def burn_pipeline(millis: float) -> Pipeline:
+    """isr -> calib (each burning ``millis`` ms of CPU per quantum) -> sum."""
+    import toy_exec_tasks
+
+    pipeline = Pipeline("burn benchmark")
+    pipeline.add_task(toy_exec_tasks.BurnTask, "isr", config={"millis": millis, "connections": {"output": "burn1"}})
+    pipeline.add_task(toy_exec_tasks.BurnTask, "calib", config={"millis": millis, "connections": {"input": "burn1", "output": "burn2"}})
+    pipeline.add_task(toy_tasks.SumDetectorsTask, "sum", config={"connections": {"images": "burn2"}})
+    return pipeline
+
+
+def timed_run(butler: Butler, pipeline: Pipeline, output_run: str, jobs: int, where: str) -> tuple[int, float]:
+    """Build and execute a graph; return its number of quanta and the execution wall time."""
+    graph, _ = build_quantum_graph(
+        pipeline.to_graph(butler.dimensions), butler, input_collections=["bench/real"], output_run=output_run,
+        where=where,
+    )
+    graph.pipeline_graph.register_dataset_types(butler)
+    t0 = time.perf_counter()
+    report = execute_graph(graph, butler, jobs=jobs)
+    elapsed = time.perf_counter() - t0
+    assert report.ok, str(report)
+    return len(graph), elapsed
+
+
+def run_exec(tmp: Path, exec_visits: int, burn_visits: int) -> dict[str, float | int]:
+    butler = make_exec_repo(tmp / "exec", max(exec_visits, burn_visits))
+    out: dict[str, float | int] = {}
+    for jobs, key in ((1, "overhead_ms_serial"), (2, "overhead_ms_j2")):
+        n, elapsed = timed_run(butler, make_pipeline(), f"bench/exec{jobs}", jobs, f"visit < {exec_visits}")
+        out["exec_quanta"], out[key] = n, round(1e3 * elapsed / n, 3)
+    burn = {jobs: timed_run(butler, burn_pipeline(50.0), f"bench/burn{jobs}", jobs, f"visit < {burn_visits}") for jobs in (1, 2)}
+    out["burn_quanta"] = burn[1][0]
+    out["burn_serial_s"] = round(burn[1][1], 2)
+    out["burn_j2_s"] = round(burn[2][1], 2)
+    out["burn_ratio"] = round(burn[2][1] / burn[1][1], 3)
+    butler.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="1", help="comma-separated scales: 1 = 100 visits x 100 detectors")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of build+save+load on stderr")
+    parser.add_argument("--no-exec", dest="execute", action="store_false", help="skip the execution measurements")
+    parser.add_argument("--exec-visits", type=int, default=10, help="visits (x100 detectors) of the executed graph")
+    parser.add_argument("--burn-visits", type=int, default=2, help="visits of the 50 ms-per-quantum graph")
     args = parser.parse_args()
     scales = [int(s) for s in args.scale.split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         for scale in scales:
             print(json.dumps({"benchmark": "qgraph", **run(scale, Path(tmp), args.profile)}), flush=True)
+        if args.execute:
+            print(json.dumps({"benchmark": "qgraph_exec", **run_exec(Path(tmp), args.exec_visits, args.burn_visits)}), flush=True)
 
 
 if __name__ == "__main__":
