@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..pipeline_graph import TaskNode
     from ..task import PipelineTask
 
-__all__ = ["QuantumResult", "QuantumStatus", "SingleQuantumExecutor"]
+__all__ = ["QuantumResult", "QuantumStatus", "SingleQuantumExecutor", "quantized_refs"]
 
 _LOG = logging.getLogger("graph.execute")
 
@@ -229,8 +229,8 @@ class SingleQuantumExecutor:
             connections = self._connections_of(task_node)
             init_inputs = self._init_inputs_of(task_node.label, datastore)
             task = task_node.make_task(initInputs=init_inputs) if init_inputs else task_node.make_task()
-            input_refs = InputQuantizedConnection(_quantized(quantum.inputs, connections, quantum, "input"))
-            output_refs = OutputQuantizedConnection(_quantized(quantum.outputs, connections, quantum, "output"))
+            input_refs = InputQuantizedConnection(quantized_refs(quantum.inputs, connections, quantum, "input"))
+            output_refs = OutputQuantizedConnection(quantized_refs(quantum.outputs, connections, quantum, "output"))
             context = QuantumContext(datastore, quantum, input_infos, connections=connections, clobber=clobber)
             task.runQuantum(context, input_refs, output_refs)
         except NoWorkFound as err:
@@ -251,7 +251,7 @@ class SingleQuantumExecutor:
         return "succeeded", None, None, task, list(context.written)
 
 
-def _quantized(
+def quantized_refs(
     refs_by_name: Mapping[str, list[DatasetRef]],
     connections: PipelineTaskConnections | None,
     quantum: Quantum,
