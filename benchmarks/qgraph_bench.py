@@ -39,8 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "tests" / "graph"))
+sys.path.append(str(ROOT / "benchmarks"))
 
 import toy_tasks  # noqa: E402
+from registry_bench import populate_dimensions  # noqa: E402
 
 from butler import Butler  # noqa: E402
 from graph.builder import build_quantum_graph  # noqa: E402
@@ -56,15 +58,7 @@ def make_repo(root: Path, n_visits: int, n_detectors: int = N_DETECTORS) -> Butl
     """A repository with ``n_visits`` x ``n_detectors`` ``toy_input`` datasets (fake file records)."""
     butler = Butler.create(root)
     reg = butler.registry
-    reg.insert_dimension_data("instrument", {"name": "Bench", "visit_max": 10**6, "detector_max": n_detectors})
-    reg.insert_dimension_data("band", {"name": "r"})
-    reg.insert_dimension_data("physical_filter", {"instrument": "Bench", "name": "r1", "band": "r"})
-    reg.insert_dimension_data("day_obs", {"instrument": "Bench", "id": 20250101})
-    reg.insert_dimension_data("detector", *[{"instrument": "Bench", "id": d} for d in range(n_detectors)])
-    reg.insert_dimension_data(
-        "visit",
-        *[{"instrument": "Bench", "id": v, "physical_filter": "r1", "day_obs": 20250101} for v in range(n_visits)],
-    )
+    populate_dimensions(butler, n_visits, n_detectors)
     butler.register_dataset_type("toy_input", ["instrument", "visit", "detector"], "NumpyArray")
     reg.register_run(INPUT_RUN)
     refs = reg.insert_datasets(

@@ -119,6 +119,15 @@ def populate(butler: Butler) -> None:
     )
 
 
+def table_counts(butler: Butler) -> dict[str, int]:
+    """Row count of every table of a repository's registry."""
+    import sqlalchemy as sa
+
+    with butler.registry.db.transaction() as conn:
+        names = sorted(sa.inspect(conn).get_table_names())
+        return {n: conn.execute(sa.select(sa.func.count()).select_from(sa.table(n))).scalar_one() for n in names}
+
+
 @pytest.fixture
 def populated(repo: Butler) -> Butler:
     """A repository with the toy camera's dimension records."""

@@ -26,14 +26,14 @@ from butler.errors import (
     StorageClassError,
 )
 
+from conftest import table_counts
+
 DATA_ID = {"instrument": "Cam", "visit": 3, "detector": 1}
 
 
 def snapshot(butler: Butler) -> tuple[dict[str, int], list[str]]:
     """Row count of every registry table and every file under the root."""
-    with butler.registry.db.transaction() as conn:
-        names = sa.inspect(conn).get_table_names()
-        counts = {n: conn.execute(sa.text(f'SELECT COUNT(*) FROM "{n}"')).scalar_one() for n in sorted(names)}  # noqa: S608
+    counts = table_counts(butler)
     root = butler.config.root
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "sqlite3" not in p.name)
     return counts, files

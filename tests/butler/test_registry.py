@@ -16,14 +16,7 @@ from butler.errors import (
     MissingCollectionError,
     MissingDatasetTypeError,
 )
-from conftest import N_DETECTORS, N_VISITS
-
-
-def _counts(butler: Butler) -> dict[str, int]:
-    reg = butler.registry
-    with reg.db.transaction() as conn:
-        names = sa.inspect(conn).get_table_names()
-        return {n: conn.execute(sa.text(f'SELECT COUNT(*) FROM "{n}"')).scalar_one() for n in sorted(names)}  # noqa: S608
+from conftest import N_DETECTORS, N_VISITS, table_counts
 
 
 @pytest.fixture
@@ -103,20 +96,20 @@ def test_duplicate_in_bulk_insert_inserts_nothing(populated, calexp):
     reg = populated.registry
     reg.register_run("run1")
     reg.insert_datasets("calexp", _all_data_ids()[:5], "run1")
-    before = _counts(populated)
+    before = table_counts(populated)
     with pytest.raises(DuplicateDatasetError, match="already exists in collection 'run1'"):
         reg.insert_datasets("calexp", _all_data_ids()[3:9], "run1")
-    assert _counts(populated) == before
+    assert table_counts(populated) == before
 
 
 def test_unknown_dimension_value_inserts_nothing(populated, calexp):
     reg = populated.registry
     reg.register_run("run1")
-    before = _counts(populated)
+    before = table_counts(populated)
     bad = _all_data_ids()[:3] + [{"instrument": "Cam", "visit": 999, "detector": 0}]
     with pytest.raises(DataIdValueError, match="visit"):
         reg.insert_datasets("calexp", bad, "run1")
-    assert _counts(populated) == before
+    assert table_counts(populated) == before
 
 
 @pytest.mark.parametrize(
