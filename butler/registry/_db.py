@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import event
 
-from ..errors import ConfigError
+from ..errors import ButlerError, ConfigError
 
 __all__ = ["Database"]
 
@@ -80,8 +80,6 @@ class Database:
         """
         conn = self._conn
         if write and not self.writeable:
-            from ..errors import ButlerError
-
             raise ButlerError("this repository was opened read-only (writeable=False); nothing was written.")
         if conn.in_transaction():
             # SQLite keeps a transaction usable after a failed statement; PostgreSQL needs a savepoint

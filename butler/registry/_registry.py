@@ -12,8 +12,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..datasets import DatasetIdGenEnum, DatasetRef, DatasetType
-from ..dimensions import DataCoordinate, DimensionGroup, DimensionRecord, DimensionUniverse
-from ..errors import ConfigError, EmptyQueryResultError, InvalidQueryError
+from ..dimensions import (
+    DataCoordinate,
+    DimensionGroup,
+    DimensionRecord,
+    DimensionUniverse,
+)
+from ..errors import (
+    CollectionError,
+    ConfigError,
+    EmptyQueryResultError,
+    InvalidQueryError,
+)
 from ._collections import CollectionArg, CollectionManager, CollectionRecord
 from ._datasets import DatasetManager
 from ._db import Database
@@ -220,8 +230,6 @@ class Registry:
         """Remove a TAGGED or CHAINED collection, or a RUN collection that holds no datasets."""
         record = self._collections.get(name)
         if record.type is CollectionType.RUN and self._datasets.refs_in_runs([record]):
-            from ..errors import CollectionError
-
             raise CollectionError(f"RUN collection {name!r} still holds datasets; use Butler.remove_runs.")
         self._collections.remove(name)
 

@@ -16,12 +16,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..dimensions import DataCoordinate, DimensionElement, DimensionGroup, DimensionUniverse
+from ..dimensions import (
+    DataCoordinate,
+    DimensionElement,
+    DimensionGroup,
+    DimensionUniverse,
+)
 from ..errors import InvalidQueryError, did_you_mean
-from ..regions import regions_overlap
+from ..regions import decode_region, regions_overlap
 from ._collections import CollectionRecord
 from ._datasets import DatasetTypeRecord
-from .expressions import ColumnInfo, LogicalOp, Node, compile_where, format_node, referenced_identifiers
+from .expressions import (
+    ColumnInfo,
+    LogicalOp,
+    Node,
+    compile_where,
+    format_node,
+    referenced_identifiers,
+)
 from .schema import RegistryTables
 
 __all__ = ["QuerySpec", "QueryRunner"]
@@ -338,8 +350,6 @@ def regions_overlap_or_missing(a: bytes | None, b: bytes | None) -> bool:
     """Exact overlap test of two encoded regions; a missing region never overlaps."""
     if a is None or b is None:
         return False
-    from ..regions import decode_region
-
     return regions_overlap(decode_region(a), decode_region(b))
 
 

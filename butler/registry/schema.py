@@ -15,6 +15,7 @@ import enum
 import sqlalchemy as sa
 
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, FieldSpec
+from ..errors import CollectionError
 
 __all__ = ["CollectionType", "RegistryTables"]
 
@@ -39,8 +40,6 @@ class CollectionType(enum.IntEnum):
         try:
             return cls[name.upper()]
         except KeyError:
-            from ..errors import CollectionError
-
             raise CollectionError(
                 f"unknown collection type {name!r}; valid: {', '.join(t.name for t in cls)}."
             ) from None
