@@ -17,6 +17,8 @@ bad command-line usage exits with 2.  ``--log-level DEBUG`` adds the tracebacks.
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -648,6 +650,25 @@ def verify(repo: str, checksums: bool, fix: bool, fmt: str) -> None:
     if remaining:
         click.get_current_context().exit(1)
 
+
+def _add_plugin_commands() -> None:
+    """Add the commands other packages publish in the ``butler.cli`` entry-point group.
+
+    Each entry point names a list of click commands (``tasks.cli:commands`` adds ``register-instrument``,
+    ``ingest-raws``...).  A plugin that fails to import is reported on the log and left out, so the core
+    commands keep working.
+    """
+    for entry in importlib.metadata.entry_points(group="butler.cli"):
+        try:
+            plugin_commands = entry.load()
+        except Exception as err:  # a broken plugin must not take the core commands down
+            logging.getLogger("butler.cli").warning("cannot load butler commands from %s: %s", entry.value, err)
+            continue
+        for command in plugin_commands:
+            cli.add_command(command)
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

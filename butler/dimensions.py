@@ -154,6 +154,10 @@ class DimensionElement:
     metadata : `tuple` [`FieldSpec`, ...]
     spatial : `str` or `None`
         Name of the spatial family when records carry a sky ``region``.
+    always_join : `bool`
+        Whether a query whose dimensions include all of ``required`` must join this element's table
+        (``visit_definition`` relates exposures to visits: without it, a query over both would pair
+        every exposure with every visit).
     """
 
     def __init__(
@@ -166,6 +170,7 @@ class DimensionElement:
         key: FieldSpec | None,
         metadata: tuple[FieldSpec, ...],
         spatial: str | None,
+        always_join: bool = False,
     ):
         self.name = name
         self.doc = doc
@@ -174,6 +179,7 @@ class DimensionElement:
         self.key = key
         self.metadata = metadata
         self.spatial = spatial
+        self.always_join = always_join
         self.universe: DimensionUniverse  # set by the universe
 
     @property
@@ -323,6 +329,7 @@ class DimensionUniverse:
             key=key,
             metadata=tuple(spec(m) for m in raw.get("metadata", [])),
             spatial=raw.get("spatial"),
+            always_join=bool(raw.get("always_join", False)),
         )
 
     def __getitem__(self, name: str) -> DimensionElement:

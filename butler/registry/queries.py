@@ -245,6 +245,9 @@ class QueryRunner:
                 dataset_aliases.append(qb.join_dataset(search, alias=f"tags_{i}"))
         for d in group.required:
             qb.ensure_column(d)
+        for name in group.elements:
+            if qb.universe[name].always_join:
+                qb.join_element(name)
         for d in spec.dimensions.implied:
             qb.ensure_column(d)
         refine = qb.join_spatial() if use_spatial else False

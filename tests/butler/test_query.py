@@ -119,3 +119,17 @@ def test_unknown_identifier_lists_valid_names(populated):
         populated.query_data_ids(["visit"], where="visit.exposure_tme > 3")
     with pytest.raises(InvalidQueryError, match="integer"):
         populated.query_data_ids(["visit"], where="visit = 'three'")
+
+
+def test_visit_definition_relates_exposures_to_their_visits(populated):
+    """An always-join element: exposures pair only with the visits they define, not every visit."""
+    reg = populated.registry
+    reg.insert_dimension_data(
+        "exposure",
+        *[{"instrument": "Cam", "id": 100 + v, "physical_filter": "r1" if v % 2 else "g1", "day_obs": 20200101} for v in range(4)],
+    )
+    reg.insert_dimension_data("visit_definition", *[{"instrument": "Cam", "exposure": 100 + v, "visit": v} for v in range(4)])
+    pairs = {(d["exposure"], d["visit"]) for d in populated.query_data_ids(["exposure", "visit"])}
+    assert pairs == {(100 + v, v) for v in range(4)}
+    with_detectors = populated.query_data_ids(["exposure", "visit", "detector"], where="visit = 2")
+    assert {(d["exposure"], d["detector"]) for d in with_detectors} == {(102, d) for d in range(4)}
