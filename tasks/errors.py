@@ -1,0 +1,68 @@
+"""Exceptions of the science tasks and the image model.
+
+Every error a user can act on derives from `TasksError`; the ``butler`` command line prints its message
+without a traceback.
+"""
+
+from __future__ import annotations
+
+from butler.errors import ButlerError, FormatterError
+
+__all__ = [
+    "CameraError",
+    "FitsFormatError",
+    "ImageError",
+    "IngestError",
+    "InstrumentError",
+    "IsrError",
+    "MaskPlaneError",
+    "NoUsableBinsError",
+    "SkyMapError",
+    "TasksError",
+]
+
+
+class TasksError(ButlerError):
+    """Base of the errors raised by `tasks`."""
+
+
+class ImageError(TasksError, ValueError):
+    """An image, mask or variance array has the wrong shape, type or origin."""
+
+
+class MaskPlaneError(ImageError, KeyError):
+    """A mask plane name is unknown, or a mask has no free bit for a new plane."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InstrumentError(TasksError):
+    """An instrument is unknown, or its definition does not match the repository."""
+
+
+class IngestError(TasksError):
+    """A raw file could not be read or translated to dimension records."""
+
+
+class IsrError(TasksError):
+    """Instrument signature removal cannot process a raw (missing calibration or auxiliary data)."""
+
+
+class SkyMapError(TasksError):
+    """A skymap configuration is invalid, or a sky position is outside every tract."""
+
+
+class CameraError(TasksError, LookupError):
+    """A detector or amplifier is not part of a camera, or a camera description is invalid."""
+
+    def __str__(self) -> str:  # KeyError-style quoting would hide the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NoUsableBinsError(ImageError):
+    """Too few background bins have enough unmasked pixels to fit a background."""
+
+
+class FitsFormatError(TasksError, FormatterError):
+    """A FITS file cannot be read as the dataset it should hold: truncated, damaged, or another layout."""

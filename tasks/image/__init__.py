@@ -1,0 +1,42 @@
+"""The image model: pixel boxes, masks, masked images, exposures and their components.
+
+Images are numpy arrays indexed ``[y, x]`` with float32 pixels; pixel centres sit at integer parent
+coordinates and every object carries the parent coordinates ``xy0`` of its first pixel.
+"""
+
+from __future__ import annotations
+
+from .background import Background, BackgroundList
+from .camera import Amplifier, Camera, Detector
+from .ccddata import from_ccddata, to_ccddata
+from .exposure import Exposure, FilterLabel
+from .geom import Box2I
+from .kernel import FixedKernel, Kernel, LinearCombinationKernel
+from .mask import Mask
+from .masked_image import MaskedImage
+from .photo_calib import PhotoCalib
+from .psf import GaussianPsf, PcaPsf, Psf
+from .visit_info import VisitInfo
+
+__all__ = [
+    "Amplifier",
+    "Background",
+    "BackgroundList",
+    "Box2I",
+    "Camera",
+    "Detector",
+    "Exposure",
+    "FilterLabel",
+    "FixedKernel",
+    "GaussianPsf",
+    "Kernel",
+    "LinearCombinationKernel",
+    "Mask",
+    "MaskedImage",
+    "PcaPsf",
+    "PhotoCalib",
+    "Psf",
+    "VisitInfo",
+    "from_ccddata",
+    "to_ccddata",
+]
