@@ -30,6 +30,7 @@ from astropy.table import Table
 
 from ._butler import Butler, FileDataset, VerifyReport
 from .cli_utils import (
+    ErrorHandlingCommand,
     ErrorHandlingGroup,
     configure_logging,
     format_table,
@@ -655,8 +656,8 @@ def _add_plugin_commands() -> None:
     """Add the commands other packages publish in the ``butler.cli`` entry-point group.
 
     Each entry point names a list of click commands (``tasks.cli:commands`` adds ``register-instrument``,
-    ``ingest-raws``...).  A plugin that fails to import is reported on the log and left out, so the core
-    commands keep working.
+    ``ingest-raws``...); each must be an `ErrorHandlingCommand`.  A plugin that fails to import is
+    reported on the log and left out, so the core commands keep working.
     """
     for entry in importlib.metadata.entry_points(group="butler.cli"):
         try:
@@ -665,6 +666,14 @@ def _add_plugin_commands() -> None:
             logging.getLogger("butler.cli").warning("cannot load butler commands from %s: %s", entry.value, err)
             continue
         for command in plugin_commands:
+            if not isinstance(command, ErrorHandlingCommand):
+                logging.getLogger("butler.cli").warning(
+                    "butler command %r from %s is left out: declare it with cls=butler.cli_utils.ErrorHandlingCommand "
+                    "so that its errors are reported like the other commands'.",
+                    command.name,
+                    entry.value,
+                )
+                continue
             cli.add_command(command)
 
 
