@@ -1,7 +1,8 @@
 """The image model: pixel boxes, masks, masked images, exposures and their components.
 
 Images are numpy arrays indexed ``[y, x]`` with float32 pixels; pixel centres sit at integer parent
-coordinates and every object carries the parent coordinates ``xy0`` of its first pixel.
+coordinates and every object carries the parent coordinates ``xy0`` of its first pixel.  Skymaps
+(tracts and patches with their WCS) live here too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .mask import Mask
 from .masked_image import MaskedImage
 from .photo_calib import PhotoCalib
 from .psf import GaussianPsf, PcaPsf, Psf
+from .skymap import DiscreteSkyMap, PatchInfo, RingsSkyMap, SkyMap, TractInfo
 from .visit_info import VisitInfo
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Box2I",
     "Camera",
     "Detector",
+    "DiscreteSkyMap",
     "Exposure",
     "FilterLabel",
     "FixedKernel",
@@ -33,9 +36,13 @@ __all__ = [
     "LinearCombinationKernel",
     "Mask",
     "MaskedImage",
+    "PatchInfo",
     "PcaPsf",
     "PhotoCalib",
     "Psf",
+    "RingsSkyMap",
+    "SkyMap",
+    "TractInfo",
     "VisitInfo",
     "from_ccddata",
     "to_ccddata",
