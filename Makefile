@@ -29,7 +29,7 @@ bench: venv
 	$(BIN)/python benchmarks/registry_bench.py
 
 demo: venv
-	DEMO_REPO=$(DEMO_REPO) DATA=$(DATA) BUTLER=$(BIN)/butler PYTHON=$(BIN)/python bash scripts/demo.sh
+	DEMO_REPO=$(DEMO_REPO) DATA=$(DATA) BUTLER=$(BIN)/butler PIPETASK=$(BIN)/pipetask PYTHON=$(BIN)/python bash scripts/demo.sh
 
 clean:
 	rm -rf $(DEMO_REPO) .pytest_cache
