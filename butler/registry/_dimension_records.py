@@ -114,10 +114,17 @@ class DimensionRecordStorage:
                 return 0
         self._check_references(element, recs)
         with self._db.transaction(write=True) as conn:
+            new_rows = rows
             if replace and existing:
-                self._delete_keys(conn, element, [r.key_tuple() for r in recs if r.key_tuple() in existing])
+                # Update in place: other tables (datasets, visits...) refer to these keys.
+                replaced = [r.key_tuple() in existing for r in recs]
+                new_rows = [row for row, old in zip(rows, replaced) if not old]
+                self._update_rows(conn, element, [row for row, old in zip(rows, replaced) if old])
+                if element.spatial:
+                    self._delete_overlaps(conn, element, [r.key_tuple() for r in recs if r.key_tuple() in existing])
             try:
-                conn.execute(table.insert(), rows)
+                if new_rows:
+                    conn.execute(table.insert(), new_rows)
             except sa.exc.IntegrityError as err:
                 raise ConflictingDefinitionError(
                     f"cannot insert {element.name} records (two of them share a key?): {err.orig}"
@@ -169,15 +176,24 @@ class DimensionRecordStorage:
         if rows:
             conn.execute(table.insert(), rows)
 
-    def _delete_keys(self, conn: sa.Connection, element: DimensionElement, keys: Sequence[KeyTuple]) -> None:
+    def _update_rows(self, conn: sa.Connection, element: DimensionElement, rows: Sequence[dict[str, Any]]) -> None:
+        """Overwrite the non-key columns of existing records (one executemany with bound parameters)."""
         table = self._tables.dimensions[element.name]
+        key_cols = [element.column_name(d) for d in element.required]
+        if not rows or all(c in key_cols for c in rows[0]):  # nothing but the key: nothing to update
+            return
+        # Bind names must differ from column names in an UPDATE ... WHERE.
+        stmt = (
+            table.update()
+            .where(*[table.c[c] == sa.bindparam(f"key_{c}") for c in key_cols])
+            .values({c: sa.bindparam(c) for c in rows[0] if c not in key_cols})
+        )
+        conn.execute(stmt, [{**row, **{f"key_{c}": row[c] for c in key_cols}} for row in rows])
+
+    def _delete_overlaps(self, conn: sa.Connection, element: DimensionElement, keys: Sequence[KeyTuple]) -> None:
+        table = self._tables.overlaps[element.name]
         cols = [table.c[element.column_name(d)] for d in element.required]
-        tables = [table]
-        if element.spatial:
-            tables.insert(0, self._tables.overlaps[element.name])
-        for t in tables:
-            tcols = [t.c[c.name] for c in cols]
-            conn.execute(t.delete().where(sa.tuple_(*tcols).in_(keys)))
+        conn.execute(table.delete().where(sa.tuple_(*cols).in_(keys)))
 
     def _check_references(self, element: DimensionElement, recs: Sequence[DimensionRecord]) -> None:
         """Raise `DataIdValueError` if records refer to unregistered dimension values."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from astropy.table import Table
 from numpy.polynomial import chebyshev
 
 from .geom import Box2I
 
-__all__ = ["chebyshev_terms", "n_chebyshev_terms", "normalize_to_box"]
+__all__ = ["SpatialImageStack", "chebyshev_terms", "n_chebyshev_terms", "normalize_to_box"]
 
 
 def n_chebyshev_terms(degree: int) -> int:
@@ -56,3 +58,76 @@ def chebyshev_terms(x: Any, y: Any, degree: int, bbox: Box2I) -> np.ndarray:
     ty = chebyshev.chebvander(yn.ravel(), degree).T
     terms = np.stack([tx[d - j] * ty[j] for d in range(degree + 1) for j in range(d + 1)], axis=0)
     return terms.reshape((terms.shape[0],) + shape)
+
+
+@dataclass(frozen=True, eq=False)
+class SpatialImageStack:
+    """A stack of images whose amplitudes are 2-D Chebyshev polynomials over a box.
+
+    ``image(x, y) = sum_i a_i(x, y) images[i]`` with ``a_i(x, y) = sum_t coefficients[i, t] T_t(x, y)`` and
+    ``T_t`` the terms of `chebyshev_terms`.  The model of `LinearCombinationKernel` and `PcaPsf`, which
+    validate the arrays and hold them as attributes; this class only views them (no copies, no checks).
+
+    Parameters
+    ----------
+    images : `numpy.ndarray`, shape (n, h, w), float64
+        The images, indexed [i, y, x].
+    coefficients : `numpy.ndarray`, shape (n, n_terms), float64
+        Chebyshev coefficients of each image's amplitude; ``n_terms = (degree + 1)(degree + 2) / 2``.
+    degree : `int`
+        Total degree of the spatial polynomials.
+    bbox : `Box2I`
+        Domain in parent pixel coordinates (normalised to [-1, 1]).
+    """
+
+    images: np.ndarray
+    coefficients: np.ndarray
+    degree: int
+    bbox: Box2I
+
+    def amplitudes(self, x: Any, y: Any) -> np.ndarray:
+        """Amplitudes ``a_i(x, y)`` at parent position(s); shape (n,) + broadcast shape of x, y."""
+        return np.tensordot(self.coefficients, chebyshev_terms(x, y, self.degree, self.bbox), axes=1)
+
+    def image(self, x: float, y: float) -> np.ndarray:
+        """The combination ``sum_i a_i(x, y) images[i]`` at one parent position, shape (h, w), not normalised."""
+        return np.tensordot(self.amplitudes(float(x), float(y)), self.images, axes=1)
+
+    def to_table(self, images_column: str) -> Table:
+        """A FITS-compatible table: columns ``images_column`` and ``coefficients`` (one row per image), and
+        meta keys DEGREE, BBOX_X0, BBOX_Y0, BBOX_W, BBOX_H.
+        """
+        table = Table({images_column: self.images, "coefficients": self.coefficients})
+        table.meta.update(
+            {
+                "DEGREE": self.degree,
+                "BBOX_X0": self.bbox.x0,
+                "BBOX_Y0": self.bbox.y0,
+                "BBOX_W": self.bbox.width,
+                "BBOX_H": self.bbox.height,
+            }
+        )
+        return table
+
+    @classmethod
+    def from_table(cls, table: Table, images_column: str) -> SpatialImageStack:
+        """Inverse of `to_table` (arrays converted to float64)."""
+        meta = table.meta
+        return cls(
+            np.asarray(table[images_column], dtype=np.float64),
+            np.asarray(table["coefficients"], dtype=np.float64),
+            int(meta["DEGREE"]),
+            Box2I(int(meta["BBOX_X0"]), int(meta["BBOX_Y0"]), int(meta["BBOX_W"]), int(meta["BBOX_H"])),
+        )
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, SpatialImageStack):
+            return NotImplemented
+        return (
+            self.degree == other.degree
+            and self.bbox == other.bbox
+            and np.array_equal(self.images, other.images)
+            and np.array_equal(self.coefficients, other.coefficients)
+        )
+
+    __hash__ = None  # type: ignore[assignment]

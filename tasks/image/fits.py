@@ -39,10 +39,11 @@ import logging
 import math
 import re
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import astropy.units as u
 import numpy as np
@@ -1004,11 +1005,44 @@ def _check_kind(file: _FitsFile, kind: str) -> None:
         )
 
 
-class BackgroundFitsFormatter(Formatter):
+class _TablesFitsFormatter(Formatter):
+    """Base of the formatters that write an object as an empty primary HDU (``BPFORMAT`` = ``kind``)
+    followed by binary tables of its ``to_table()``; `read` checks the kind and hands the file to `_read`."""
+
+    extension = ".fits"
+    kind: ClassVar[str]
+    what: ClassVar[str]  # "a kernel": names the object in error messages
+
+    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Read the object.
+
+        Raises
+        ------
+        FitsFormatError
+            If the file is truncated, damaged, or holds something else.
+        """
+        self.check_read_arguments(component, parameters)
+        with _open(Path(path), self.what) as file:
+            _check_kind(file, self.kind)
+            return self._read(file)
+
+    @abstractmethod
+    def _read(self, file: _FitsFile) -> Any:
+        """Rebuild the object from the file's tables (`_read_table` checks and reads one)."""
+
+    @staticmethod
+    def _read_table(file: _FitsFile, hdu: Any, doing: str) -> Table:
+        file.check_data(hdu)
+        with file._guard(doing):
+            return _hdu_to_table(hdu)
+
+
+class BackgroundFitsFormatter(_TablesFitsFormatter):
     """A `BackgroundList` as FITS: an empty primary HDU (``BPNTABLE`` = number of backgrounds) and one
     binary table per `Background` (``Background.to_table()``, EXTNAME ``BACKGROUND``, EXTVER 1, 2, ...)."""
 
-    extension = ".fits"
+    kind = "BackgroundList"
+    what = "a background list"
 
     def write(self, obj: Any, path: Path) -> None:
         """Write a background list.
@@ -1025,42 +1059,31 @@ class BackgroundFitsFormatter(Formatter):
             raise FormatterError(
                 f"BackgroundFitsFormatter writes BackgroundList objects, got {type(obj).__name__}.{hint}"
             )
-        hdus: list[Any] = [_primary("BackgroundList", **{COUNT_KEY: (len(obj), "number of background tables")})]
+        hdus: list[Any] = [_primary(self.kind, **{COUNT_KEY: (len(obj), "number of background tables")})]
         for i, background in enumerate(obj, start=1):
             hdus.append(_table_to_hdu(background.to_table(), "BACKGROUND", "background", extver=i))
         fits.HDUList(hdus).writeto(path, output_verify="exception")
 
-    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Read the background list.
-
-        Raises
-        ------
-        FitsFormatError
-            If the file is truncated, damaged, or holds something else.
-        """
-        self.check_read_arguments(component, parameters)
+    def _read(self, file: _FitsFile) -> Any:
         from .background import Background, BackgroundList
 
-        with _open(Path(path), "a background list") as file:
-            _check_kind(file, "BackgroundList")
-            count = int(file.primary.get(COUNT_KEY, 0))
-            backgrounds = []
-            for index in range(1, count + 1):
-                hdu = file.hdu(index)
-                if hdu.name != "BACKGROUND":
-                    raise FitsFormatError(f"{path}: HDU {index} is {hdu.name!r}, expected a BACKGROUND table.")
-                file.check_data(hdu)
-                with file._guard(f"reading background table {index}"):
-                    table = _hdu_to_table(hdu)
-                backgrounds.append(Background.from_table(table))
+        count = int(file.primary.get(COUNT_KEY, 0))
+        backgrounds = []
+        for index in range(1, count + 1):
+            hdu = file.hdu(index)
+            if hdu.name != "BACKGROUND":
+                raise FitsFormatError(f"{file.path}: HDU {index} is {hdu.name!r}, expected a BACKGROUND table.")
+            table = self._read_table(file, hdu, f"reading background table {index}")
+            backgrounds.append(Background.from_table(table))
         return BackgroundList(backgrounds)
 
 
-class KernelFitsFormatter(Formatter):
+class KernelFitsFormatter(_TablesFitsFormatter):
     """A convolution `Kernel` as FITS: an empty primary HDU and a ``KERNEL`` binary table
     (``Kernel.to_table()``)."""
 
-    extension = ".fits"
+    kind = "Kernel"
+    what = "a kernel"
 
     def write(self, obj: Any, path: Path) -> None:
         """Write a kernel.
@@ -1074,26 +1097,13 @@ class KernelFitsFormatter(Formatter):
 
         if not isinstance(obj, Kernel):
             raise FormatterError(f"KernelFitsFormatter writes tasks.image.Kernel objects, got {type(obj).__name__}.")
-        hdus = [_primary("Kernel"), _table_to_hdu(obj.to_table(), "KERNEL", "kernel")]
+        hdus = [_primary(self.kind), _table_to_hdu(obj.to_table(), "KERNEL", "kernel")]
         fits.HDUList(hdus).writeto(path, output_verify="exception")
 
-    def read(self, path: Path, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        """Read the kernel.
-
-        Raises
-        ------
-        FitsFormatError
-            If the file is truncated, damaged, or holds something else.
-        """
-        self.check_read_arguments(component, parameters)
+    def _read(self, file: _FitsFile) -> Any:
         from .kernel import Kernel
 
-        with _open(Path(path), "a kernel") as file:
-            _check_kind(file, "Kernel")
-            hdu = file.find("KERNEL")
-            if hdu is None:
-                raise FitsFormatError(f"{path} has no KERNEL table; the file is truncated or damaged.")
-            file.check_data(hdu)
-            with file._guard("reading the kernel table"):
-                table = _hdu_to_table(hdu)
-        return Kernel.from_table(table)
+        hdu = file.find("KERNEL")
+        if hdu is None:
+            raise FitsFormatError(f"{file.path} has no KERNEL table; the file is truncated or damaged.")
+        return Kernel.from_table(self._read_table(file, hdu, "reading the kernel table"))

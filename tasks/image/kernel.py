@@ -12,7 +12,8 @@ import numpy as np
 from astropy.table import Table
 
 from ..errors import ImageError
-from ._chebyshev import chebyshev_terms, n_chebyshev_terms
+from ._chebyshev import SpatialImageStack, n_chebyshev_terms
+from ._typed_table import from_typed_table
 from .geom import Box2I
 
 __all__ = ["FixedKernel", "Kernel", "LinearCombinationKernel"]
@@ -86,13 +87,7 @@ class Kernel(ABC):
         ImageError
             If the table has no or an unknown KERNTYPE.
         """
-        kind = table.meta.get("KERNTYPE")
-        target = Kernel._registry.get(kind) if isinstance(kind, str) else None
-        if target is None:
-            raise ImageError(f"unknown kernel table type {kind!r}; known types: {sorted(Kernel._registry)}.")
-        if cls is not Kernel and not issubclass(target, cls):
-            raise ImageError(f"table holds a {target.__name__}, not a {cls.__name__}.")
-        return target._from_table(table)
+        return from_typed_table(table, "KERNTYPE", Kernel._registry, Kernel, cls, "kernel")
 
     @abstractmethod
     def _to_table(self) -> Table: ...
@@ -204,13 +199,16 @@ class LinearCombinationKernel(Kernel):
         """Number of basis images."""
         return len(self.basis)
 
+    @property
+    def _stack(self) -> SpatialImageStack:
+        return SpatialImageStack(self.basis, self.spatial_coefficients, self.spatial_degree, self.bbox)
+
     def basis_coefficients(self, x: Any, y: Any) -> np.ndarray:
         """Amplitudes ``c_i(x, y)`` at parent position(s); shape (n_basis,) + broadcast shape of x, y."""
-        terms = chebyshev_terms(x, y, self.spatial_degree, self.bbox)
-        return np.tensordot(self.spatial_coefficients, terms, axes=1)
+        return self._stack.amplitudes(x, y)
 
     def compute_image(self, x: float = 0.0, y: float = 0.0, normalize: bool = False) -> np.ndarray:
-        image = np.tensordot(self.basis_coefficients(float(x), float(y)), self.basis, axes=1)
+        image = self._stack.image(x, y)
         return self._normalized(image, x, y) if normalize else image
 
     def kernel_sum(self, x: Any = 0.0, y: Any = 0.0) -> Any:
@@ -218,38 +216,17 @@ class LinearCombinationKernel(Kernel):
         return float(total) if np.ndim(total) == 0 else total
 
     def _to_table(self) -> Table:
-        table = Table({"basis": self.basis, "coefficients": self.spatial_coefficients})
-        table.meta.update(
-            {
-                "DEGREE": self.spatial_degree,
-                "BBOX_X0": self.bbox.x0,
-                "BBOX_Y0": self.bbox.y0,
-                "BBOX_W": self.bbox.width,
-                "BBOX_H": self.bbox.height,
-            }
-        )
-        return table
+        return self._stack.to_table("basis")
 
     @classmethod
     def _from_table(cls, table: Table) -> LinearCombinationKernel:
-        meta = table.meta
-        bbox = Box2I(int(meta["BBOX_X0"]), int(meta["BBOX_Y0"]), int(meta["BBOX_W"]), int(meta["BBOX_H"]))
-        return cls(
-            np.asarray(table["basis"], dtype=np.float64),
-            np.asarray(table["coefficients"], dtype=np.float64),
-            int(meta["DEGREE"]),
-            bbox,
-        )
+        stack = SpatialImageStack.from_table(table, "basis")
+        return cls(stack.images, stack.coefficients, stack.degree, stack.bbox)
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, LinearCombinationKernel):
             return NotImplemented
-        return (
-            self.spatial_degree == other.spatial_degree
-            and self.bbox == other.bbox
-            and np.array_equal(self.basis, other.basis)
-            and np.array_equal(self.spatial_coefficients, other.spatial_coefficients)
-        )
+        return self._stack == other._stack
 
     __hash__ = None  # type: ignore[assignment]
 

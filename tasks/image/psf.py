@@ -16,7 +16,8 @@ from astropy.table import Table
 from scipy import ndimage
 
 from ..errors import ImageError
-from ._chebyshev import chebyshev_terms, n_chebyshev_terms
+from ._chebyshev import SpatialImageStack, chebyshev_terms, n_chebyshev_terms
+from ._typed_table import from_typed_table
 from .geom import Box2I
 
 __all__ = ["GaussianPsf", "PcaPsf", "Psf", "adaptive_moments"]
@@ -181,13 +182,7 @@ class Psf(ABC):
         ImageError
             If the table has no or an unknown PSFTYPE.
         """
-        psf_type = table.meta.get("PSFTYPE")
-        target = Psf._registry.get(psf_type) if isinstance(psf_type, str) else None
-        if target is None:
-            raise ImageError(f"unknown PSF table type {psf_type!r}; known types: {sorted(Psf._registry)}.")
-        if cls is not Psf and not issubclass(target, cls):
-            raise ImageError(f"table holds a {target.__name__}, not a {cls.__name__}.")
-        return target._from_table(table)
+        return from_typed_table(table, "PSFTYPE", Psf._registry, Psf, cls, "PSF")
 
     @abstractmethod
     def _to_table(self) -> Table: ...
@@ -370,9 +365,13 @@ class PcaPsf(Psf):
     def _default_position(self) -> tuple[float, float]:
         return self.bbox.center
 
+    @property
+    def _stack(self) -> SpatialImageStack:
+        return SpatialImageStack(self.components, self.coefficients, self.degree, self.bbox)
+
     def component_weights(self, x: float, y: float) -> np.ndarray:
         """Amplitudes ``P_k(x, y)`` of the components at a parent position, shape (n_comp,)."""
-        return self.coefficients @ chebyshev_terms(float(x), float(y), self.degree, self.bbox)
+        return self._stack.amplitudes(float(x), float(y))
 
     def compute_kernel_image(self, x: float, y: float) -> np.ndarray:
         """The PSF at (x, y), shape (h, w), float64, unit sum.
@@ -382,50 +381,24 @@ class PcaPsf(Psf):
         ImageError
             If the combination sums to (nearly) zero at this position.
         """
-        image = np.tensordot(self.component_weights(x, y), self.components, axes=1)
+        image = self._stack.image(x, y)
         total = image.sum()
         if not abs(total) > 1e-12:
             raise ImageError(f"PcaPsf kernel at ({x}, {y}) sums to {total}; cannot normalise it.")
         return image / total
 
     def _to_table(self) -> Table:
-        table = Table(
-            {
-                "component": self.components,
-                "coefficients": self.coefficients,
-            }
-        )
-        table.meta.update(
-            {
-                "DEGREE": self.degree,
-                "BBOX_X0": self.bbox.x0,
-                "BBOX_Y0": self.bbox.y0,
-                "BBOX_W": self.bbox.width,
-                "BBOX_H": self.bbox.height,
-            }
-        )
-        return table
+        return self._stack.to_table("component")
 
     @classmethod
     def _from_table(cls, table: Table) -> PcaPsf:
-        meta = table.meta
-        bbox = Box2I(int(meta["BBOX_X0"]), int(meta["BBOX_Y0"]), int(meta["BBOX_W"]), int(meta["BBOX_H"]))
-        return cls(
-            np.asarray(table["component"], dtype=np.float64),
-            np.asarray(table["coefficients"], dtype=np.float64),
-            int(meta["DEGREE"]),
-            bbox,
-        )
+        stack = SpatialImageStack.from_table(table, "component")
+        return cls(stack.images, stack.coefficients, stack.degree, stack.bbox)
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, PcaPsf):
             return NotImplemented
-        return (
-            self.degree == other.degree
-            and self.bbox == other.bbox
-            and np.array_equal(self.components, other.components)
-            and np.array_equal(self.coefficients, other.coefficients)
-        )
+        return self._stack == other._stack
 
     __hash__ = None  # type: ignore[assignment]
 

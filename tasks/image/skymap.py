@@ -774,6 +774,12 @@ class SkyMap(ABC):
     def _tract_reach(self) -> float:
         """An upper bound [deg] on the distance from a tract centre to the edge of its box."""
 
+    def _patch_diagonal(self) -> float:
+        """The diagonal [deg] of a patch's outer box (inner box, borders and a pixel of margin each side)."""
+        cfg = self._config
+        sides = (d + 2 * cfg.patch_border + 2 for d in cfg.patch_inner_dimensions)
+        return math.hypot(*sides) * cfg.pixel_scale / 3600.0
+
     def __iter__(self) -> Iterator[TractInfo]:
         for tract_id in range(len(self)):
             yield self[tract_id]
@@ -1016,10 +1022,7 @@ class DiscreteSkyMap(SkyMap):
 
     def _tract_reach(self) -> float:
         cfg = self._config
-        patch = (
-            math.hypot(*(d + 2 * cfg.patch_border + 2 for d in cfg.patch_inner_dimensions)) * cfg.pixel_scale / 3600.0
-        )
-        return max(t.radius for t in cfg.tracts) * 1.5 + 1.5 * cfg.tract_overlap + patch
+        return max(t.radius for t in cfg.tracts) * 1.5 + 1.5 * cfg.tract_overlap + self._patch_diagonal()
 
     def find_tract(self, ra: float, dec: float) -> TractInfo:
         """Return the tract with the nearest centre among those whose box holds a position [deg].
@@ -1141,10 +1144,7 @@ class RingsSkyMap(SkyMap):
 
     def _tract_reach(self) -> float:
         cfg = self._config
-        patch = (
-            math.hypot(*(d + 2 * cfg.patch_border + 2 for d in cfg.patch_inner_dimensions)) * cfg.pixel_scale / 3600.0
-        )
-        return 1.5 * self._ring_size + 1.5 * cfg.tract_overlap + patch
+        return 1.5 * self._ring_size + 1.5 * cfg.tract_overlap + self._patch_diagonal()
 
     def find_tract(self, ra: float, dec: float) -> TractInfo:
         """Return the tract whose RA-Dec cell holds a position [deg] (LSST's rule; always one)."""

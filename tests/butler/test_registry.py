@@ -209,3 +209,19 @@ def test_registry_persists_across_butlers(populated, calexp):
     assert len(again.registry.query_datasets("calexp", "run1")) == len(refs)
     assert again.registry.get_dataset(refs[5].id) == refs[5]
     again.close()
+
+
+def test_replace_updates_referenced_records_in_place(populated):
+    """replace=True overwrites a visit that detector regions and datasets refer to, and re-indexes its region."""
+    from butler.regions import polygon_from_radec
+
+    reg = populated.registry
+    moved = polygon_from_radec([50.0, 50.1, 50.1, 50.0], [5.0, 5.0, 5.1, 5.1])
+    new = {"instrument": "Cam", "id": 3, "physical_filter": "r1", "day_obs": 20200101, "exposure_time": 99.0, "region": moved}
+    assert reg.insert_dimension_data("visit", new, replace=True) == 1
+    record = reg.get_dimension_record("visit", {"instrument": "Cam", "visit": 3})
+    assert record.exposure_time == 99.0
+    assert reg.get_dimension_record("visit_detector_region", {"instrument": "Cam", "visit": 3, "detector": 0}) is not None
+    # The spatial index follows the new region: visit 3 no longer overlaps the tract at RA 9-12.
+    overlapping = {d["visit"] for d in populated.query_data_ids(["visit", "tract"])}
+    assert 3 not in overlapping and 2 in overlapping
