@@ -11,7 +11,7 @@ from butler import DataCoordinate, DatasetRef
 __all__ = ["Quantum"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Quantum:
     """One unit of work: a task label, a data ID, and the datasets it reads and writes.
 
