@@ -18,6 +18,7 @@ __all__ = [
     "MaskPlaneError",
     "NoUsableBinsError",
     "SkyMapError",
+    "SpatialCellError",
     "TasksError",
 ]
 
@@ -66,3 +67,35 @@ class NoUsableBinsError(ImageError):
 
 class FitsFormatError(TasksError, FormatterError):
     """A FITS file cannot be read as the dataset it should hold: truncated, damaged, or another layout."""
+
+
+class SpatialCellError(TasksError, ValueError):
+    """A spatial-cell candidate lies outside its cell set, is unknown, or has an invalid stamp size."""
+
+
+from graph.errors import AlgorithmError  # noqa: E402 - appended with the class below
+
+__all__ += ["TooManyCosmicRaysError"]
+
+
+class TooManyCosmicRaysError(AlgorithmError):
+    """More pixels look like cosmic rays than ``RepairTask``'s ``cosmicray.maxCrFraction`` allows.
+
+    Usually the PSF is much too wide (stars look sharp) or the image is not what it seems (a flat, a dark,
+    a badly subtracted background).  ``metadata`` holds ``nCrPixels``, ``maxCrPixels`` and ``nPixels``.
+    """
+
+    def __init__(self, n_cr_pixels: int, max_cr_pixels: int, n_pixels: int) -> None:
+        self.n_cr_pixels = int(n_cr_pixels)
+        self.max_cr_pixels = int(max_cr_pixels)
+        self.n_pixels = int(n_pixels)
+        super().__init__(
+            f"too many cosmic-ray pixels: {self.n_cr_pixels} of {self.n_pixels} "
+            f"({100.0 * self.n_cr_pixels / max(self.n_pixels, 1):.2f}%) exceed the limit of {self.max_cr_pixels} "
+            "(repair.cosmicray.maxCrFraction). Check the PSF (a PSF much wider than the stars makes them look "
+            "sharp) and the input image, or raise maxCrFraction."
+        )
+
+    @property
+    def metadata(self) -> dict:
+        return {"nCrPixels": self.n_cr_pixels, "maxCrPixels": self.max_cr_pixels, "nPixels": self.n_pixels}

@@ -17,6 +17,7 @@ from .mask import Mask
 from .masked_image import MaskedImage
 from .photo_calib import PhotoCalib
 from .psf import GaussianPsf, PcaPsf, Psf
+from .spatial_cells import CandidateStatus, PsfCandidate, SpatialCell, SpatialCellCandidate, SpatialCellSet
 from .skymap import DiscreteSkyMap, PatchInfo, RingsSkyMap, SkyMap, TractInfo
 from .visit_info import VisitInfo
 
@@ -26,6 +27,7 @@ __all__ = [
     "BackgroundList",
     "Box2I",
     "Camera",
+    "CandidateStatus",
     "Detector",
     "DiscreteSkyMap",
     "Exposure",
@@ -40,8 +42,12 @@ __all__ = [
     "PcaPsf",
     "PhotoCalib",
     "Psf",
+    "PsfCandidate",
     "RingsSkyMap",
     "SkyMap",
+    "SpatialCell",
+    "SpatialCellCandidate",
+    "SpatialCellSet",
     "TractInfo",
     "VisitInfo",
     "from_ccddata",

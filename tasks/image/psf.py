@@ -63,8 +63,14 @@ def adaptive_moments(
         float((image * dx * dy).sum() / total),
     )
     m = np.array(unweighted)
-    if m[0] <= 0 or m[1] <= 0:
-        return unweighted
+    if not (m[0] > 0 and m[1] > 0 and m[0] * m[1] - m[2] ** 2 > 0):
+        # Noise in the wings of a large stamp (e.g. a PCA PSF kernel) can make the unweighted moments useless:
+        # start from the circular Gaussian of the same sum and peak (sigma^2 = sum / (2 pi peak)).
+        peak = float(image.max())
+        if not peak > 0:
+            return unweighted
+        s2 = total / (2.0 * math.pi * peak)
+        m = np.array([s2, s2, 0.0])
     for _ in range(max_iter):
         det = m[0] * m[1] - m[2] ** 2
         if det <= 0:
