@@ -2,7 +2,8 @@
 # The demo ("main job"), run by `make demo`.  Every step is a `butler` or `pipetask` command a user
 # could type; each is echoed before it runs.  For now it builds a repository from the SDSS Stripe 82
 # data in $DATA (raws with their fpM/psField/tsField, the reference catalogue, a skymap), defines
-# visits and runs ISR with `pipetask run`; the later pipelines are added as they land.
+# visits and runs ProcessCcd (ISR, CharacterizeImage, Calibrate) with `pipetask run`; the later
+# pipelines are added as they land.
 set -euo pipefail
 DEMO_REPO=${DEMO_REPO:-demo_repo}
 DATA=${DATA:-../shared/data/sdss_stripe82_lsst_demo}
@@ -38,15 +39,19 @@ run "$BUTLER" define-visits "$DEMO_REPO" SDSS
 run "$BUTLER" register-skymap "$DEMO_REPO" -C "$TEMPLATE/skymaps/stripe82_demo.yaml"
 run "$BUTLER" query-dimension-records "$DEMO_REPO" exposure
 run "$BUTLER" query-data-ids "$DEMO_REPO" visit detector tract patch -d "band = 'r'"
-run "$PIPETASK" run -b "$DEMO_REPO" -p "$TEMPLATE/pipelines/Sdss/ISR.yaml" -i SDSS/raw/all -o demo/isr --register-dataset-types -j 2
-run "$BUTLER" query-datasets "$DEMO_REPO" postISRCCD --collections demo/isr
+run "$PIPETASK" run -b "$DEMO_REPO" -p "$TEMPLATE/pipelines/Sdss/ProcessCcd.yaml" -i SDSS/raw/all,refcats -o demo/processCcd --register-dataset-types -j 2
+run "$BUTLER" query-datasets "$DEMO_REPO" calexp src --collections demo/processCcd -d "band = 'r'"
 run "$PYTHON" -c "
 from butler import Butler
-import numpy as np
+from tasks.measure_psf import psf_effective_fwhm
 b = Butler('$DEMO_REPO')
-for ref in b.query_datasets('postISRCCD', collections='demo/isr', where=\"band = 'r'\"):
-    exp = b.get(ref)
-    print(ref.data_id, 'median sky %.1f DN, median variance %.1f DN^2, %d SAT pixels' % (
-        np.median(exp.image), np.median(exp.variance), exp.mask.get_plane('SAT').sum()))
+for ref in b.query_datasets('calexp', collections='demo/processCcd', where=\"band = 'r'\"):
+    psf = b.get('calexp.psf', ref.data_id, collections='demo/processCcd')
+    calib = b.get('calexp.photoCalib', ref.data_id, collections='demo/processCcd')
+    src = b.get('src', ref.data_id, collections='demo/processCcd')
+    md = b.get('calibrate_metadata', ref.data_id, collections='demo/processCcd')
+    print(ref.data_id['visit'], 'PSF FWHM_eff %.3f arcsec,' % (psf_effective_fwhm(psf, 1024, 744) * 0.396),
+          'zero point %.3f mag,' % calib.instrumental_zero_point, '%d sources,' % len(src),
+          'astrometric RMS %.3f arcsec' % md['calibrate']['astromRms'])
 "
 run "$BUTLER" verify "$DEMO_REPO"
