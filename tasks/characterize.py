@@ -478,13 +478,11 @@ class CharacterizeImageTask(PipelineTask):
         """Determinant radius [pixels] of the exposure's PSF at the image centre (NaN if it cannot be computed)."""
         if exposure.psf is None:
             return float("nan")
-        x, y = exposure.bbox.center
         try:
-            ixx, iyy, ixy = exposure.psf.compute_shape(x, y)
+            sigma = exposure.psf.determinant_radius(*exposure.bbox.center)
         except (ValueError, ArithmeticError):
             return float("nan")
-        det = ixx * iyy - ixy * ixy
-        return float(det**0.25) if det > 0 else float("nan")
+        return float(sigma) if sigma > 0 else float("nan")
 
     @staticmethod
     def _background_mean(background: BackgroundList, exposure: Exposure) -> float:

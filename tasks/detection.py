@@ -64,8 +64,7 @@ def psf_sigma(exposure: Exposure, *, default: float | None = None) -> float:
             raise ImageError("the exposure has no PSF: install one (e.g. a GaussianPsf) or pass sigma=... [pixels].")
         return float(default)
     x, y = exposure.bbox.center
-    ixx, iyy, ixy = exposure.psf.compute_shape(x, y)
-    sigma = max(ixx * iyy - ixy * ixy, 0.0) ** 0.25
+    sigma = exposure.psf.determinant_radius(x, y)
     if not (math.isfinite(sigma) and sigma > 0):
         raise ImageError(f"the exposure's PSF has sigma {sigma} pixels at ({x}, {y}); it cannot be used to smooth.")
     return float(sigma)

@@ -353,9 +353,7 @@ class _StampCutter:
 def _psf_sigma(exposure: Exposure, default: float) -> float:
     if exposure.psf is None:
         return float(default)
-    xc, yc = exposure.bbox.center
-    ixx, iyy, ixy = exposure.psf.compute_shape(xc, yc)
-    sigma = max(ixx * iyy - ixy * ixy, 0.0) ** 0.25
+    sigma = exposure.psf.determinant_radius(*exposure.bbox.center)
     return float(sigma) if math.isfinite(sigma) and sigma > 0 else float(default)
 
 

@@ -160,17 +160,25 @@ class Psf(ABC):
         """Second moments (ixx, iyy, ixy) [pixels^2] of the PSF at (x, y), by adaptive moments."""
         return adaptive_moments(self.compute_kernel_image(x, y))
 
-    def fwhm(self, x: float | None = None, y: float | None = None) -> float:
-        """Full width at half maximum [pixels]: 2.3548 times the determinant radius ``(ixx iyy - ixy^2)^(1/4)``.
+    def determinant_radius(self, x: float | None = None, y: float | None = None) -> float:
+        """The Gaussian-equivalent sigma [pixels] ``(ixx iyy - ixy^2)^(1/4)`` of the PSF at (x, y).
 
-        The position defaults to the centre of the model's domain.
+        The position defaults to the centre of the model's domain; a degenerate shape gives 0 (and
+        non-finite moments give NaN).
         """
         if x is None or y is None:
             dx, dy = self._default_position()
             x = dx if x is None else x
             y = dy if y is None else y
         ixx, iyy, ixy = self.compute_shape(x, y)
-        return FWHM_PER_SIGMA * max(ixx * iyy - ixy * ixy, 0.0) ** 0.25
+        return max(ixx * iyy - ixy * ixy, 0.0) ** 0.25
+
+    def fwhm(self, x: float | None = None, y: float | None = None) -> float:
+        """Full width at half maximum [pixels]: 2.3548 times the `determinant_radius`.
+
+        The position defaults to the centre of the model's domain.
+        """
+        return FWHM_PER_SIGMA * self.determinant_radius(x, y)
 
     # ------------------------------------------------------------------ persistence
     def to_table(self) -> Table:
