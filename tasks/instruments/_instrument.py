@@ -65,11 +65,11 @@ class RawFileInfo:
         TAI), ``observation_type``, ``tracking_ra``/``tracking_dec`` [deg] ...
     detector : `int`
         ID of the detector the file holds.
+    formatter : `str`
+        Dotted path of the formatter that reads the raw (the instrument's ``raw_formatter``).
     auxiliary : `list` [`butler.FileDataset`]
         Other files to ingest with the raw (same run, same transaction), e.g. SDSS masks and
         calibration tables; each names its dataset type, data ID and formatter.
-    formatter : `str` or `None`
-        Dotted path of the formatter that reads the raw (default: the instrument's ``raw_formatter``).
     warnings : `list` [`str`]
         Problems that do not stop the raw's ingest (e.g. an auxiliary file not found); ingest reports them.
     """
@@ -78,8 +78,8 @@ class RawFileInfo:
     instrument: str
     exposure: dict[str, Any]
     detector: int
+    formatter: str
     auxiliary: list[FileDataset] = dataclasses.field(default_factory=list)
-    formatter: str | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property

@@ -201,8 +201,7 @@ def _ingest_batch(
     """Ingest raws + auxiliary files of a batch in one transaction; on failure retry file by file."""
     datasets: list[FileDataset] = []
     for info in infos:
-        formatter = info.formatter or get_instrument(info.instrument).raw_formatter
-        datasets.append(FileDataset(info.path, "raw", info.data_id, formatter=formatter))
+        datasets.append(FileDataset(info.path, "raw", info.data_id, formatter=info.formatter))
         datasets += info.auxiliary
     try:
         refs = butler.ingest(
