@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from click.testing import CliRunner
 
 from butler import Butler
@@ -155,12 +156,39 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(sim, tmp_
     again = simulate_raws(tmp_path / "again", n_visits=2, seed=SEED, detectors=[DETECTOR])
     other = simulate_raws(tmp_path / "other", n_visits=2, seed=SEED + 1, detectors=[DETECTOR])
     files = sorted(p.relative_to(sim.root) for p in sim.root.rglob("*") if p.is_file())
-    assert len(files) == 2 + 7  # raws + 6 tables + summary
+    assert len(files) == 2 + 8  # raws + 6 tables + refcat + summary
     for rel in files:
         assert filecmp.cmp(sim.root / rel, again.root / rel, shallow=False), f"{rel} differs for the same seed"
     for rel in sim.raw_paths:
         name = rel.relative_to(sim.root)
         assert not np.array_equal(fits.getdata(sim.root / name), fits.getdata(other.root / name))
+
+
+def test_without_sky_frames_the_sky_is_an_offset_and_gradient_and_nothing_else_changes(sim, tmp_path):
+    plain = simulate_raws(tmp_path / "plain", n_visits=2, seed=SEED, detectors=[DETECTOR], sky_frames=False)
+    assert np.all(np.asarray(plain.visits["sky_frame_scale"]) == 0.0)
+    assert np.all(np.asarray(sim.visits["sky_frame_scale"]) > 0.0)
+    for name in ("ra", "dec", "fwhm0", "sky0", "sky_grad_x", "sky_grad_y", "zero_point", "bias_phase"):
+        assert np.array_equal(plain.visits[name], sim.visits[name]), name
+    x, y = np.meshgrid(np.arange(0, 1024, 64.0), np.arange(0, 1024, 64.0))
+    visit = plain.visit_ids[0]
+    det = SimCam().camera[DETECTOR]
+    fx, fy = det.pixels_to_focal_plane(x, y)
+    row = plain.visit(visit)
+    planar = row["sky0"] * (1 + row["sky_grad_x"] * fx + row["sky_grad_y"] * fy)
+    assert np.allclose(plain.sky_model(visit, DETECTOR, x, y), planar, rtol=1e-12)
+    assert np.ptp(sim.sky_model(visit, DETECTOR, x, y) - planar) > 0.01 * row["sky0"]
+
+
+def test_reference_catalog_lists_bright_stars_and_galaxies_with_true_magnitudes(sim):
+    refcat = sim.reference_catalog(mag_limit=22.0)
+    objects = sim.objects
+    expected = objects[(objects["kind"] != "variable") & (objects["mag_r"] < 22.0)]
+    assert list(refcat["id"]) == list(expected["id"])
+    assert np.array_equal(refcat["r"], expected["mag_r"]) and np.array_equal(refcat["g"], expected["mag_g"])
+    assert np.array_equal(refcat["starnotgal"] == 1, expected["kind"] == "star")
+    on_disk = Table.read(sim.root / "truth" / "refcat.fits")
+    assert len(on_disk) == len(sim.reference_catalog()) and set(on_disk.colnames) == set(refcat.colnames)
 
 
 def test_truth_round_trips_through_files(sim):

@@ -14,6 +14,7 @@ file                      content
 ``sources.ecsv``          per visit and detector: every object whose centre falls on the detector,
                           with its pixel position and flux in electrons and nJy
 ``cosmic_rays.ecsv``      per visit and detector: the cosmic-ray tracks added
+``refcat.fits``           a reference catalogue for calibration (`SimulationTruth.reference_catalog`)
 ``summary.yaml``          seed, band, visits, detectors, files, units
 ========================  ========================================================================
 
@@ -319,7 +320,7 @@ def _make_transients(seed: int, band: str, objects: Table, n_visits: int, first_
 # Visits ---------------------------------------------------------------------------------------------------------
 
 
-def _visit_table(seed: int, band: str, n_visits: int, first_visit: int) -> Table:
+def _visit_table(seed: int, band: str, n_visits: int, first_visit: int, sky_frames: bool = True) -> Table:
     rows = []
     start = Time(NIGHT_START, format="isot", scale="tai") + TimeDelta(3 * 3600.0 * _BAND_INDEX[band], format="sec")
     sky_per_pixel = 10 ** (-0.4 * (SKY_BRIGHTNESS[band] - ZERO_POINT[band])) * PIXEL_SCALE**2
@@ -349,7 +350,8 @@ def _visit_table(seed: int, band: str, n_visits: int, first_visit: int) -> Table
                 "sky0": sky_per_pixel * rng.uniform(0.8, 1.25),
                 "sky_grad_x": rng.uniform(-0.005, 0.005),
                 "sky_grad_y": rng.uniform(-0.005, 0.005),
-                "sky_frame_fraction": rng.uniform(0.01, 0.04),
+                # Drawn with or without sky frames, so that the parameters drawn after it do not change.
+                "sky_frame_fraction": rng.uniform(0.01, 0.04) * float(sky_frames),
                 "bias_phase": rng.uniform(0, 2 * math.pi),
             }
         )
@@ -699,6 +701,36 @@ class SimulationTruth:
             free[box.slices(det.bbox)] = False
         return free
 
+    def reference_catalog(self, *, mag_limit: float = 23.0, mag_err: float = 0.01) -> Table:
+        """A reference catalogue of the field in the layout `CalibrateTask` reads (as the SDSS one).
+
+        Stars and galaxies brighter than ``mag_limit`` in r, with their true magnitudes; variable stars
+        are left out, as a curated catalogue would flag them.
+
+        Parameters
+        ----------
+        mag_limit : `float`, optional
+            Faintest r magnitude [AB] listed.
+        mag_err : `float`, optional
+            The magnitude error given to every entry [mag].
+
+        Returns
+        -------
+        refcat : `astropy.table.Table`
+            Columns ``id``, ``ra``, ``dec`` [deg], ``g``, ``g_err``, ``r``, ``r_err``, ``i``, ``i_err`` [AB mag]
+            and ``starnotgal`` (1 for stars, 0 for galaxies), sorted by ``id``.
+        """
+        objects = self.objects[(self.objects["kind"] != "variable") & (self.objects["mag_r"] < mag_limit)]
+        refcat = Table()
+        refcat["id"] = np.asarray(objects["id"], dtype=np.int64)
+        refcat["ra"] = np.asarray(objects["ra"], dtype=np.float64)
+        refcat["dec"] = np.asarray(objects["dec"], dtype=np.float64)
+        for band in BANDS:
+            refcat[band] = np.asarray(objects[f"mag_{band}"], dtype=np.float64)
+            refcat[f"{band}_err"] = np.full(len(objects), float(mag_err))
+        refcat["starnotgal"] = (np.asarray(objects["kind"]) == "star").astype(np.int16)
+        return refcat
+
     def raw_path(self, visit: int, detector: int) -> Path:
         """Path of the raw of a visit and detector."""
         return self.root / "raw" / _raw_name(self.band, int(visit), _camera()[detector].name)
@@ -709,6 +741,7 @@ class SimulationTruth:
         truth_dir.mkdir(parents=True, exist_ok=True)
         for name in self.TABLES:
             getattr(self, name).write(truth_dir / f"{name}.ecsv", format="ascii.ecsv", overwrite=True)
+        self.reference_catalog().write(truth_dir / "refcat.fits", format="fits", overwrite=True)
         summary = {
             "instrument": SimCam.name,
             "seed": int(self.seed),
@@ -721,6 +754,7 @@ class SimulationTruth:
             "n_transients": len(self.transients),
             "raw_files": [str(p.relative_to(self.root)) for p in self.raw_paths],
             "tables": {name: f"truth/{name}.ecsv" for name in self.TABLES},
+            "refcat": "truth/refcat.fits",
             "units": UNITS,
         }
         (truth_dir / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=True))
@@ -758,6 +792,7 @@ def simulate_raws(
     band: str = "r",
     detectors: Sequence[int] | None = None,
     first_visit: int | None = None,
+    sky_frames: bool = True,
     progress: bool = False,
 ) -> SimulationTruth:
     """Simulate SimCam raws of the field at RA 150, Dec 2 and write them with their truth.
@@ -777,6 +812,9 @@ def simulate_raws(
         Detector ids to render (default: all nine); fewer make faster tests.
     first_visit : `int`, optional
         Id of the first visit (default 1000 for g, 2000 for r, 3000 for i); visits are numbered on.
+    sky_frames : `bool`, optional
+        Add each visit's scaled sky-frame pattern to the sky (default).  Without it the sky of a visit is
+        exactly an offset and a focal-plane gradient; every other visit parameter stays the same.
     progress : `bool`, optional
         Show a progress bar on standard error.
 
@@ -809,7 +847,7 @@ def simulate_raws(
     (root / "raw").mkdir(parents=True, exist_ok=True)
     objects = make_catalog(seed)
     transients = _make_transients(seed, band, objects, n_visits, first)
-    visits = _visit_table(seed, band, n_visits, first)
+    visits = _visit_table(seed, band, n_visits, first, sky_frames)
     source_rows: list[dict[str, Any]] = []
     cr_rows: list[dict[str, Any]] = []
     detector_rows: list[dict[str, Any]] = []
