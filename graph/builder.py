@@ -495,7 +495,8 @@ class _Builder:
     def _related_pairs(self, quantum_dims: DimensionGroup, dataset_dims: DimensionGroup) -> dict[Key, list[Key]]:
         """Quantum required values -> related dataset required values, from one query over both groups.
 
-        Used when the relation involves a spatial join that neither group has on its own.
+        Used when the relation involves a spatial join or an always-joined element that neither group has
+        on its own (see `_needs_joint_query`).
         """
         key = (quantum_dims, dataset_dims)
         pairs = self._spatial_pairs.get(key)
@@ -515,6 +516,22 @@ class _Builder:
             pairs = {q: sorted(d) for q, d in grouped.items()}
             self._spatial_pairs[key] = pairs
         return pairs
+
+    @staticmethod
+    def _needs_joint_query(qdims: DimensionGroup, ddims: DimensionGroup) -> bool:
+        """Whether quanta and datasets are related by more than their shared dimension values.
+
+        That is when their union spans two spatial families that neither has alone, or holds an
+        always-joined element (``visit_definition``: exposure <-> visit) that neither holds alone.
+        """
+        union = qdims | ddims
+        if len(qdims.spatial_elements()) < 2 and len(ddims.spatial_elements()) < 2 and len(union.spatial_elements()) == 2:
+            return True
+        universe = union.universe
+        return any(
+            universe[name].always_join and name not in qdims.elements and name not in ddims.elements
+            for name in union.elements
+        )
 
     def _resolver(self, task: TaskNode, connection: BaseConnection, node: DatasetTypeNode) -> Callable[[Key, DataCoordinate], list[DatasetRef]]:
         """A function: quantum full values -> the input refs of one connection (dictionary lookups only)."""
@@ -555,15 +572,16 @@ class _Builder:
                 return [ref] if ref is not None else []
 
             return direct
-        if len(qdims.spatial_elements()) < 2 and len(ddims.spatial_elements()) < 2 and len((qdims | ddims).spatial_elements()) == 2:
-            # A spatial relation (e.g. visit-detector datasets of a tract-patch quantum): one query.
+        if self._needs_joint_query(qdims, ddims):
+            # A spatial relation (visit-detector datasets of a tract-patch quantum) or one through an
+            # always-joined element (exposure datasets of a visit quantum, by visit_definition): one query.
             pairs = self._related_pairs(qdims, ddims)
             nreq = len(qdims.required)
 
-            def spatial(values: Key, data_id: DataCoordinate) -> list[DatasetRef]:
+            def related(values: Key, data_id: DataCoordinate) -> list[DatasetRef]:
                 return [index[k] for k in pairs.get(values[:nreq], ()) if k in index]
 
-            return spatial
+            return related
         # The shared dimensions determine the relation: group the datasets by their values.
         shared = [d for d in ddims.data_coordinate_keys if d in qnames]
         qpositions = [qkeys.index(d) for d in shared]

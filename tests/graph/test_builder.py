@@ -291,6 +291,41 @@ def test_spatial_relation_gives_each_patch_its_overlapping_detectors(butler):
     assert report.tasks["coadd"].pruned == {"no 'toy_input' input": 6}
 
 
+class ExposureToVisitConnections(PipelineTaskConnections, dimensions=VD):
+    exposure = Input(name="toy_exposure_input", storageClass="NumpyArray", dimensions=("instrument", "exposure", "detector"))
+    out = Output(name="toy_visit_image", storageClass="NumpyArray", dimensions=VD)
+
+
+class ExposureToVisitConfig(PipelineTaskConfig, pipelineConnections=ExposureToVisitConnections):
+    pass
+
+
+class ExposureToVisitTask(PipelineTask):
+    ConfigClass = ExposureToVisitConfig
+    _DefaultName = "exposureToVisit"
+
+
+def test_exposure_inputs_of_visit_quanta_follow_the_visit_definition(butler):
+    # Exposures 100 + v share every implied value (filter, day_obs) within a day, so only
+    # visit_definition tells which one belongs to a visit.
+    reg = butler.registry
+    reg.insert_dimension_data(
+        "exposure",
+        *[{"instrument": "Cam", "id": 100 + v, "physical_filter": "r1" if v % 2 else "g1",
+           "day_obs": 20200101 if v < 5 else 20200102} for v in range(N_VISITS)],
+    )
+    reg.insert_dimension_data("visit_definition", *[{"instrument": "Cam", "exposure": 100 + v, "visit": v} for v in range(N_VISITS)])
+    butler.register_dataset_type("toy_exposure_input", ("instrument", "exposure", "detector"), "NumpyArray")
+    for v, d in sorted(PRESENT):
+        butler.put(np.zeros(1), "toy_exposure_input", instrument="Cam", exposure=100 + v, detector=d, run="inputs")
+    pipeline = Pipeline("exposure to visit")
+    pipeline.add_task(ExposureToVisitTask, "toVisit")
+    graph, _ = build(butler, pipeline)
+    got = {(q.data_id["visit"], q.data_id["detector"]): [r.data_id["exposure"] for r in q.inputs["exposure"]]
+           for q in graph.quanta.values()}
+    assert got == {(v, d): [100 + v] for v, d in PRESENT}
+
+
 # Existing outputs -----------------------------------------------------------------------------------------
 
 
