@@ -272,6 +272,7 @@ class _OutputSpec:
     positions: tuple[int, ...] | None  # of the output's full keys among the quantum's; None: same group
     register: bool  # whether downstream tasks read this dataset type
     make_id: Callable[[DataCoordinate], Any]
+    follows: str | None = None  # an input connection whose refs' data IDs are this output's (finer dimensions)
 
 
 class _Builder:
@@ -521,11 +522,13 @@ class _Builder:
     def _needs_joint_query(qdims: DimensionGroup, ddims: DimensionGroup) -> bool:
         """Whether quanta and datasets are related by more than their shared dimension values.
 
-        That is when their union spans two spatial families that neither has alone, or holds an
+        That is when their union spans two spatial families and the datasets bring a region the quanta lack
+        (visit-detector datasets of a patch quantum, or of a patch-visit quantum), or when the union holds an
         always-joined element (``visit_definition``: exposure <-> visit) that neither holds alone.
         """
         union = qdims | ddims
-        if len(qdims.spatial_elements()) < 2 and len(ddims.spatial_elements()) < 2 and len(union.spatial_elements()) == 2:
+        spatial = union.spatial_elements()
+        if len(spatial) == 2 and len(ddims.spatial_elements()) < 2 and spatial != qdims.spatial_elements():
             return True
         universe = union.universe
         return any(
@@ -637,23 +640,32 @@ class _Builder:
         return specs
 
     def _output_specs(self, task: TaskNode) -> list[_OutputSpec]:
+        """How each output predicts its refs: from the quantum's data ID, or -- for a ``multiple`` output with
+        dimensions beyond the quantum's (MatchBackgroundsTask: one matched warp per input warp) -- one ref per
+        ref of the input connection with the same dimensions."""
         qdims = task.dimensions
         qkeys = qdims.data_coordinate_keys
         specs = []
         for name, (connection, node) in self.pg.outputs_of(task.label).items():
             odims = node.dimensions
-            if not set(odims.names) <= set(qdims.names):
+            dataset_type = node.to_dataset_type()
+            make_id = _dataset_id_maker(dataset_type, self.output_run)
+            if set(odims.names) <= set(qdims.names):
+                positions = None if odims == qdims else tuple(qkeys.index(d) for d in odims.data_coordinate_keys)
+                specs.append(_OutputSpec(name, connection, dataset_type, positions, node.name in self.consumed, make_id))
+                continue
+            follows = [
+                in_name for in_name, (in_connection, in_node) in self.pg.inputs_of(task.label).items()
+                if in_node.dimensions == odims and getattr(in_connection, "multiple", False)
+            ]
+            if not getattr(connection, "multiple", False) or not follows:
                 raise GraphBuildError(
                     f"output {task.label}.{name} ({node.name!r}) has dimensions {odims}, which are not all among the "
-                    f"task's quantum dimensions {qdims}; an output's data ID must follow from its quantum's."
+                    f"task's quantum dimensions {qdims}; an output's data ID must follow from its quantum's, or the "
+                    "output must be `multiple` with the dimensions of a `multiple` input (one output per input)."
                 )
-            positions = None if odims == qdims else tuple(qkeys.index(d) for d in odims.data_coordinate_keys)
-            dataset_type = node.to_dataset_type()
             specs.append(
-                _OutputSpec(
-                    name, connection, dataset_type, positions, node.name in self.consumed,
-                    _dataset_id_maker(dataset_type, self.output_run),
-                )
+                _OutputSpec(name, connection, dataset_type, None, node.name in self.consumed, make_id, follows[0])
             )
         return specs
 
@@ -742,10 +754,17 @@ class _Builder:
             # Predicted outputs.
             adjust_out: dict[str, tuple[BaseConnection, list[DatasetRef]]] = {}
             for spec in outputs:
-                out_id = data_id if spec.positions is None else DataCoordinate.from_full_values(
-                    spec.dataset_type.dimensions, tuple(values[i] for i in spec.positions)
+                if spec.follows is not None:
+                    out_ids = [ref.data_id for ref in adjust_in[spec.follows][1]]
+                elif spec.positions is None:
+                    out_ids = [data_id]
+                else:
+                    out_ids = [DataCoordinate.from_full_values(
+                        spec.dataset_type.dimensions, tuple(values[i] for i in spec.positions)
+                    )]
+                adjust_out[spec.name] = (
+                    spec.connection, [DatasetRef(spec.dataset_type, o, run, id=spec.make_id(o)) for o in out_ids]
                 )
-                adjust_out[spec.name] = (spec.connection, [DatasetRef(spec.dataset_type, out_id, run, id=spec.make_id(out_id))])
             # The task's own check (default: minimum counts; NoWorkFound prunes).
             try:
                 adjusted_in, adjusted_out = adjust(adjust_in, adjust_out, label, data_id)

@@ -7,6 +7,7 @@ without a traceback.
 from __future__ import annotations
 
 from butler.errors import ButlerError, FormatterError
+from graph.errors import AlgorithmError
 
 __all__ = [
     "CameraError",
@@ -16,10 +17,13 @@ __all__ = [
     "InstrumentError",
     "IsrError",
     "MaskPlaneError",
+    "MatchBackgroundsError",
     "NoUsableBinsError",
     "SkyMapError",
     "SpatialCellError",
     "TasksError",
+    "TooManyCosmicRaysError",
+    "WarpingError",
 ]
 
 
@@ -73,11 +77,6 @@ class SpatialCellError(TasksError, ValueError):
     """A spatial-cell candidate lies outside its cell set, is unknown, or has an invalid stamp size."""
 
 
-from graph.errors import AlgorithmError  # noqa: E402 - appended with the class below
-
-__all__ += ["TooManyCosmicRaysError"]
-
-
 class TooManyCosmicRaysError(AlgorithmError):
     """More pixels look like cosmic rays than ``RepairTask``'s ``cosmicray.maxCrFraction`` allows.
 
@@ -99,3 +98,12 @@ class TooManyCosmicRaysError(AlgorithmError):
     @property
     def metadata(self) -> dict:
         return {"nCrPixels": self.n_cr_pixels, "maxCrPixels": self.max_cr_pixels, "nPixels": self.n_pixels}
+
+
+class WarpingError(ImageError):
+    """An exposure cannot be resampled: unknown kernel, missing or non-celestial WCS, invalid grid spacing."""
+
+
+class MatchBackgroundsError(TasksError, ValueError):
+    """Warps cannot be background-matched as asked: the reference visit is not among them, or a warp's visit,
+    patch or tract cannot be determined."""

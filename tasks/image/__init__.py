@@ -19,7 +19,9 @@ from .photo_calib import PhotoCalib
 from .psf import GaussianPsf, PcaPsf, Psf
 from .spatial_cells import CandidateStatus, PsfCandidate, SpatialCell, SpatialCellCandidate, SpatialCellSet
 from .skymap import DiscreteSkyMap, PatchInfo, RingsSkyMap, SkyMap, TractInfo
+from .tract_background import TractBackground, TractBackgroundConfig
 from .visit_info import VisitInfo
+from .warping import warp_exposure
 
 __all__ = [
     "Amplifier",
@@ -48,8 +50,11 @@ __all__ = [
     "SpatialCell",
     "SpatialCellCandidate",
     "SpatialCellSet",
+    "TractBackground",
+    "TractBackgroundConfig",
     "TractInfo",
     "VisitInfo",
     "from_ccddata",
     "to_ccddata",
+    "warp_exposure",
 ]

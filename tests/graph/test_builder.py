@@ -326,6 +326,69 @@ def test_exposure_inputs_of_visit_quanta_follow_the_visit_definition(butler):
     assert got == {(v, d): [100 + v] for v, d in PRESENT}
 
 
+PATCH_VISIT = ("skymap", "tract", "patch", "instrument", "visit")
+
+
+class PatchVisitConnections(PipelineTaskConnections, dimensions=PATCH_VISIT):
+    images = Input(name="toy_input", storageClass="NumpyArray", dimensions=VD, multiple=True)
+    warp = Output(name="toy_warp", storageClass="NumpyArray", dimensions=PATCH_VISIT)
+
+
+class PatchVisitConfig(PipelineTaskConfig, pipelineConnections=PatchVisitConnections):
+    pass
+
+
+class PatchVisitTask(PipelineTask):
+    ConfigClass = PatchVisitConfig
+    _DefaultName = "patchVisit"
+
+
+class TractMatchConnections(PipelineTaskConnections, dimensions=("skymap", "tract")):
+    warps = Input(name="toy_warp", storageClass="NumpyArray", dimensions=PATCH_VISIT, multiple=True)
+    matched = Output(name="toy_matched_warp", storageClass="NumpyArray", dimensions=PATCH_VISIT, multiple=True)
+
+
+class TractMatchConfig(PipelineTaskConfig, pipelineConnections=TractMatchConnections):
+    pass
+
+
+class TractMatchTask(PipelineTask):
+    ConfigClass = TractMatchConfig
+    _DefaultName = "tractMatch"
+
+
+def _ra_overlap(v: int, d: int, p: int) -> bool:
+    lo, hi = min(detector_corners(v, d)[0]), max(detector_corners(v, d)[0])
+    plo, phi = min(patch_corners(p)[0]), max(patch_corners(p)[0])
+    return lo < phi and plo < hi
+
+
+def test_patch_visit_quanta_read_only_the_detectors_of_their_visit_on_their_patch(butler):
+    pipeline = Pipeline("warps")
+    pipeline.add_task(PatchVisitTask, "warp")
+    graph, _ = build(butler, pipeline)
+    expected: dict[tuple[int, int], list[int]] = {}
+    for v, d in sorted(PRESENT):
+        for p in range(10):
+            if _ra_overlap(v, d, p):
+                expected.setdefault((p, v), []).append(d)
+    got = {(q.data_id["patch"], q.data_id["visit"]): sorted(r.data_id["detector"] for r in q.inputs["images"])
+           for q in graph.quanta.values()}
+    assert got == expected
+
+
+def test_a_multiple_output_with_an_inputs_dimensions_gets_one_ref_per_input(butler):
+    pipeline = Pipeline("match")
+    pipeline.add_task(PatchVisitTask, "warp")
+    pipeline.add_task(TractMatchTask, "match")
+    graph, _ = build(butler, pipeline)
+    (quantum,) = graph.quanta_for("match")
+    inputs = sorted(r.data_id.required_values for r in quantum.inputs["warps"])
+    outputs = sorted(r.data_id.required_values for r in quantum.outputs["matched"])
+    assert outputs == inputs and len(inputs) == len(graph.quanta_for("warp"))
+    assert all(r.dataset_type.name == "toy_matched_warp" for r in quantum.outputs["matched"])
+
+
 # Existing outputs -----------------------------------------------------------------------------------------
 
 
