@@ -18,6 +18,7 @@ from .photo_calib import PhotoCalib
 from .visit_info import VisitInfo
 
 if TYPE_CHECKING:
+    from astropy.table import Table
     from astropy.wcs import WCS
 
     from .psf import Psf
@@ -72,6 +73,10 @@ class Exposure:
         Band and physical filter.
     metadata : `astropy.io.fits.Header`, optional
         Free-form header keywords; default empty.
+    coadd_inputs : `astropy.table.Table`, optional
+        For a coadd: one row per input visit (``AssembleCoaddTask`` writes ``visit``, ``weight``,
+        ``psf_fwhm`` [arcsec], ``n_pixels``, ``n_clipped``); None for other exposures.  Persisted as the
+        ``COADDINPUTS`` table of the FITS file (component ``coaddInputs``).
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class Exposure:
         detector: Detector | None = None,
         filter: FilterLabel | None = None,  # noqa: A002 - LSST name
         metadata: fits.Header | None = None,
+        coadd_inputs: Table | None = None,
     ) -> None:
         if not isinstance(masked_image, MaskedImage):
             raise ImageError(
@@ -99,6 +105,7 @@ class Exposure:
         self.detector = detector
         self.filter = filter
         self.metadata = fits.Header() if metadata is None else metadata
+        self.coadd_inputs = coadd_inputs
 
     @classmethod
     def from_bbox(cls, bbox: Box2I, **kwargs: Any) -> Exposure:
@@ -144,6 +151,7 @@ class Exposure:
             "detector": self.detector,
             "filter": self.filter,
             "metadata": self.metadata,
+            "coadd_inputs": self.coadd_inputs,
         }
 
     def __getitem__(self, box: Box2I) -> Exposure:
@@ -151,11 +159,12 @@ class Exposure:
         return Exposure(self.masked_image[box], **self._components())
 
     def copy(self) -> Exposure:
-        """A deep copy (pixels, WCS, PSF and metadata are copied)."""
+        """A deep copy (pixels, WCS, PSF, metadata and coadd inputs are copied)."""
         components = self._components()
         components["wcs"] = None if self.wcs is None else self.wcs.deepcopy()
         components["psf"] = copy.deepcopy(self.psf)
         components["metadata"] = self.metadata.copy()
+        components["coadd_inputs"] = None if self.coadd_inputs is None else self.coadd_inputs.copy()
         return Exposure(self.masked_image.copy(), **components)
 
     def __repr__(self) -> str:

@@ -18,6 +18,8 @@ HDU         EXTNAME       content
             PHOTOCALIB    one-row table: ``PhotoCalib.to_dict()`` as columns and a ``json`` column
             VISITINFO     one-row table: ``VisitInfo.to_dict()`` as columns and a ``json`` column
             DETECTOR      one-row table: ``Detector.to_dict()`` scalars as columns and a ``json`` column
+            COADDINPUTS   binary table of ``coadd_inputs`` (one row per input visit of a coadd; only when
+                          the exposure has one)
 ==========  ============  ===========================================================================
 
 Writing is deterministic: no dates, checksums or other stamps, so equal exposures give equal bytes.
@@ -80,6 +82,7 @@ FORMAT_VERSION = 1
 
 _IMAGE, _MASK, _VARIANCE = "IMAGE", "MASK", "VARIANCE"
 _PSF, _PHOTOCALIB, _VISITINFO, _DETECTOR = "PSF", "PHOTOCALIB", "VISITINFO", "DETECTOR"
+_COADDINPUTS = "COADDINPUTS"
 _JSON_COLUMN = "json"
 
 # Primary keywords that are the layout's own, never part of an exposure's metadata.
@@ -469,8 +472,9 @@ class ExposureFitsFormatter(Formatter):
 
     Components: ``image`` (float32 array), ``mask`` (`Mask`), ``variance`` (float32 array), ``wcs``,
     ``psf``, ``photoCalib``, ``visitInfo``, ``bbox`` (`Box2I`), ``detector``, ``filter``
-    (`FilterLabel`) and ``metadata`` (`astropy.io.fits.Header`); each reads only the headers and
-    tables it needs.  A component the exposure lacks reads as None.
+    (`FilterLabel`), ``metadata`` (`astropy.io.fits.Header`) and ``coaddInputs``
+    (`astropy.table.Table`); each reads only the headers and tables it needs.  A component the
+    exposure lacks reads as None.
 
     Read parameters: ``bbox`` (`Box2I`, parent coordinates, inside the exposure): read only these
     pixels; the result keeps parent coordinates (its ``xy0`` is the box's) and the full WCS.  With
@@ -485,7 +489,20 @@ class ExposureFitsFormatter(Formatter):
 
     extension = ".fits"
     supported_components = frozenset(
-        {"image", "mask", "variance", "wcs", "psf", "photoCalib", "visitInfo", "bbox", "detector", "filter", "metadata"}
+        {
+            "image",
+            "mask",
+            "variance",
+            "wcs",
+            "psf",
+            "photoCalib",
+            "visitInfo",
+            "bbox",
+            "detector",
+            "filter",
+            "metadata",
+            "coaddInputs",
+        }
     )
     supported_parameters = frozenset({"bbox"})
 
@@ -548,6 +565,13 @@ class ExposureFitsFormatter(Formatter):
             hdus.append(_dict_to_hdu(exposure.visit_info.to_dict(), _VISITINFO))
         if exposure.detector is not None:
             hdus.append(_dict_to_hdu(exposure.detector.to_dict(), _DETECTOR))
+        coadd_inputs = getattr(exposure, "coadd_inputs", None)
+        if coadd_inputs is not None:
+            if not isinstance(coadd_inputs, Table):
+                raise FormatterError(
+                    f"an exposure's coadd_inputs must be an astropy Table, got {type(coadd_inputs).__name__}."
+                )
+            hdus.append(_table_to_hdu(coadd_inputs, _COADDINPUTS, "coadd inputs"))
 
         primary = fits.PrimaryHDU()
         header = primary.header
@@ -821,6 +845,16 @@ class _ExposureReader:
         self._note_afw_archive("detector")
         return None
 
+    def coadd_inputs(self) -> Table | None:
+        if not self.ours:
+            self._note_afw_archive("coadd inputs")
+            return None
+        hdu = self._table_hdu(_COADDINPUTS)
+        if hdu is None:
+            return None
+        with self.file._guard("reading the COADDINPUTS table"):
+            return _hdu_to_table(hdu)
+
     def filter(self) -> FilterLabel | None:
         primary = self.file.primary
         if self.ours:
@@ -936,6 +970,7 @@ class _ExposureReader:
             "detector": self.detector,
             "filter": self.filter,
             "metadata": self.metadata,
+            "coaddInputs": self.coadd_inputs,
         }[name]
         return reader()
 
@@ -953,6 +988,7 @@ class _ExposureReader:
             detector=self.detector(),
             filter=self.filter(),
             metadata=self.metadata(),
+            coadd_inputs=self.coadd_inputs(),
         )
 
     def _log_unread_afw_hdus(self) -> None:

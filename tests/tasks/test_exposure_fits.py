@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS
 from astropy.wcs import Sip
@@ -201,6 +202,7 @@ def test_each_component_read_equals_the_full_reads_component(exposure_file, comp
         "detector": full.detector,
         "filter": full.filter,
         "metadata": full.metadata,
+        "coaddInputs": full.coadd_inputs,
     }[component]
     if component == "wcs":
         assert_same_wcs(part, expected, sample_pixels(full.bbox))
@@ -321,6 +323,65 @@ def test_exposure_without_optional_components_round_trips(tmp_path):
     assert len(got.metadata) == 0
     assert formatter().read(path, component="psf") is None
     assert formatter().read(path, component="wcs") is None
+
+
+def coadd_inputs_table() -> Table:
+    table = Table(
+        {
+            "visit": np.array([903334, 903336, 2**40 + 7], dtype=np.int64),
+            "weight": np.array([1.25e-4, 0.5e-4, 3.0e-5]),
+            "psf_fwhm": np.array([0.71, 0.83, 0.95]),
+            "n_pixels": np.array([4840000, 12, 0], dtype=np.int64),
+        }
+    )
+    table["psf_fwhm"].unit = "arcsec"
+    table["weight"].info.description = "1 / median variance of the warp"
+    table.meta["COADDNAME"] = "deep"
+    return table
+
+
+def test_coadd_inputs_round_trip_with_units_descriptions_and_meta(exposure, tmp_path):
+    coadd = exposure.copy()
+    coadd.coadd_inputs = coadd_inputs_table()
+    path = tmp_path / "coadd.fits"
+    formatter().write(coadd, path)
+    for got in (formatter().read(path).coadd_inputs, formatter().read(path, component="coaddInputs")):
+        assert got.colnames == ["visit", "weight", "psf_fwhm", "n_pixels"]
+        for name in got.colnames:
+            assert got[name].dtype == coadd.coadd_inputs[name].dtype and got[name].dtype.isnative
+            assert np.array_equal(got[name], coadd.coadd_inputs[name])
+        assert got["psf_fwhm"].unit == "arcsec"
+        assert got["weight"].info.description == "1 / median variance of the warp"
+        assert dict(got.meta) == {"COADDNAME": "deep"}
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert hdul[-1].name == "COADDINPUTS" and hdul[0].header["BPHDUS"].endswith(",COADDINPUTS")
+    # copy() and sub-exposures carry the table; copies are independent.
+    assert coadd[Box2I(XY0[0], XY0[1], 5, 5)].coadd_inputs is coadd.coadd_inputs
+    copied = coadd.copy()
+    copied.coadd_inputs["weight"][0] = 0.0
+    assert coadd.coadd_inputs["weight"][0] == 1.25e-4
+    # Deterministic bytes with the table too; without it the file has no COADDINPUTS HDU.
+    again = tmp_path / "again.fits"
+    formatter().write(coadd.copy(), again)
+    assert again.read_bytes() == path.read_bytes()
+    assert formatter().read(tmp_path / "again.fits", component="coaddInputs") is not None
+    assert exposure.coadd_inputs is None
+    plain = tmp_path / "plain.fits"
+    formatter().write(exposure, plain)
+    assert formatter().read(plain, component="coaddInputs") is None
+
+
+def test_coadd_inputs_component_reads_do_not_read_the_pixels(exposure, tmp_path, bytes_read):
+    coadd = exposure.copy()
+    coadd.coadd_inputs = coadd_inputs_table()
+    path = tmp_path / "coadd.fits"
+    formatter().write(coadd, path)
+    fmt = formatter()
+    fmt.read(path, component="coaddInputs")
+    table, n = bytes_read(lambda: fmt.read(path, component="coaddInputs"))
+    assert len(table) == 3
+    assert n < 0.12 * NY * NX * 4
 
 
 def test_structural_metadata_keywords_are_not_written(tmp_path):
