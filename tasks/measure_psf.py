@@ -180,6 +180,47 @@ def _shift_variance_factor(shift: tuple[float, float], order: int) -> float:
     return factor
 
 
+def _dilation_template(kernel: np.ndarray) -> np.ndarray:
+    """Derivative of a unit-sum kernel with respect to the log of its scale, ``-(2 k + x dk/dx + y dk/dy)``.
+
+    ``k_s(x) = k(x / s) / s^2`` keeps unit flux, so ``k + delta D`` is the kernel widened by ``1 + delta``
+    (to first order); central differences, with x and y about the central pixel.
+    """
+    n_y, n_x = kernel.shape
+    gy, gx = np.gradient(kernel)
+    x = np.arange(n_x, dtype=float) - n_x // 2
+    y = np.arange(n_y, dtype=float) - n_y // 2
+    return -(2.0 * kernel + x[None, :] * gx + y[:, None] * gy)
+
+
+def _amplitude_scatter(
+    psf: PcaPsf, stamps: np.ndarray, x: np.ndarray, y: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Normal matrix and residual scatter of the spatial fit of a `PcaPsf`'s principal-component amplitudes.
+
+    Returns ``(g_inv, s2)``: ``g_inv`` the inverse of ``G = T^T W T`` (``T`` the Chebyshev terms at the stars,
+    ``W`` their weights normalised to unit sum) and ``s2[c] = sum_j w_j r_jc^2 / (n - n_terms)`` the variance
+    of unit weight of the amplitudes' residuals ``r`` about their fit, so that ``s2[c] t^T g_inv t`` is the
+    variance of the fitted amplitude of component ``c`` at terms ``t``.  The residuals hold the amplitudes'
+    pixel noise *and* whatever else scatters the stars about the model (contamination, a spatial variation
+    the polynomials do not follow).  None without principal components or degrees of freedom.
+    """
+    n_pc = len(psf.components) - 1
+    n_star = len(stamps)
+    terms = chebyshev_terms(np.asarray(x, float), np.asarray(y, float), psf.degree, psf.bbox).T
+    dof = n_star - terms.shape[1]
+    if n_pc < 1 or dof < 1:
+        return None
+    w = np.asarray(weights, dtype=float) / float(np.sum(weights))
+    flat = stamps.reshape(n_star, -1)
+    pcs = psf.components[1:].reshape(n_pc, -1)
+    amplitudes = (flat - w @ flat) @ pcs.T
+    residuals = amplitudes - terms @ psf.coefficients[1:].T
+    s2 = (w @ residuals**2) / dof
+    g_inv = np.linalg.pinv(terms.T @ (w[:, None] * terms))
+    return g_inv, s2
+
+
 def _column(sources: Table, name: str, dtype: Any = float) -> np.ndarray:
     if name not in sources.colnames:
         raise AlgorithmError(
@@ -492,8 +533,8 @@ class PcaPsfDeterminerConfig(Config):
     spatialReject: float = Field(
         3.0,
         gt=0,
-        description="Reject a star whose excess residual about the model exceeds the median star's by this many "
-        "times its noise (see residualFloor).",
+        description="Reject a star whose excess residual, flux excess or size excess about the model exceeds the "
+        "median star's by this many times its noise (see residualFloor, fluxExcessFloor, sizeExcessFloor).",
     )
     residualFloor: float = Field(
         0.03,
@@ -506,6 +547,12 @@ class PcaPsfDeterminerConfig(Config):
         ge=0,
         description="A star is never rejected for light in its stamp beyond its PSF-fit flux (relative to the "
         "median star) below this fraction of its flux.",
+    )
+    sizeExcessFloor: float = Field(
+        0.02,
+        ge=0,
+        description="A star is never rejected for being wider than the model (relative to the median star) by "
+        "less than this fraction of its width (see PcaPsfDeterminerTask._evaluate).",
     )
     maxRejectFraction: float = Field(
         0.1,
@@ -598,9 +645,10 @@ class PcaPsfDeterminerTask(Task):
     stamps' sums, capped at ``weightSnrCap``; at most one principal component per ``starsPerComponent`` stars
     and a spatial degree lowered to ``starsPerSpatialTerm`` stars per term; noisy wings shrunk with
     ``shrinkNoise``), and judges every star against the model without it: stars whose residual power beyond
-    the noise, or whose light beyond the PSF-fit flux, is significantly above the median star's
-    (``spatialReject``, ``residualFloor``, ``fluxExcessFloor``) are rejected, worst first and at most
-    ``maxRejectFraction`` per iteration.  It stops when nothing is rejected, and refits after the last
+    the noise (and beyond the model's own uncertainty at the star, from the other stars' scatter about the
+    spatial fit), whose light beyond the PSF-fit flux, or whose width is significantly above the median star's
+    (``spatialReject``, ``residualFloor``, ``fluxExcessFloor``, ``sizeExcessFloor``) are rejected, worst first
+    and at most ``maxRejectFraction`` per iteration.  It stops when nothing is rejected, and refits after the last
     rejection.
     """
 
@@ -873,6 +921,12 @@ class PcaPsfDeterminerTask(Task):
 
     def _fit(self, fit_set: list[PsfCandidate], bbox: Box2I, *, exclude: int | None = None) -> PcaPsf:
         """Fit the model to the stars of ``fit_set`` (all but the ``exclude``-th); set their fit weights."""
+        return self._fit_with_scatter(fit_set, bbox, exclude=exclude)[0]
+
+    def _fit_with_scatter(
+        self, fit_set: list[PsfCandidate], bbox: Box2I, *, exclude: int | None = None
+    ) -> tuple[PcaPsf, tuple[np.ndarray, np.ndarray] | None]:
+        """`_fit`, and the scatter of the stars' component amplitudes about it (`_amplitude_scatter`)."""
         cfg = self.config
         stars = [c for i, c in enumerate(fit_set) if i != exclude]
         stamps = np.stack([c.stamp / c.amplitude for c in stars])
@@ -892,22 +946,41 @@ class PcaPsfDeterminerTask(Task):
         while degree > 0 and n_chebyshev_terms(degree) * cfg.starsPerSpatialTerm > n_star:
             degree -= 1
         variances = np.stack([c.variance / c.amplitude**2 for c in stars]) if cfg.shrinkNoise else None
-        return fit_pca_psf(
+        psf = fit_pca_psf(
             stamps, x, y, bbox, weights=weights, variances=variances, n_components=n_components, degree=degree
         )
+        return psf, _amplitude_scatter(psf, stamps, x, y, weights)
 
-    def _evaluate(self, fit_set: list[PsfCandidate], psf: PcaPsf) -> tuple[np.ndarray, ...]:
+    def _evaluate(self, fit_set: list[PsfCandidate], psf: PcaPsf) -> Struct:
         """Fit each star's amplitude, set its chi^2 and relative residual, and return its outlier statistics.
 
-        Returns ``(excess, excess_noise, flux_excess, flux_noise)``, one value per star.  The residual of a star
-        is taken about the model fitted without it: refitted for up to ``leaveOneOutMaxStars`` stars, else
-        approximated by ``r = (d - a k) / (1 - w)`` as for a weighted mean of the stars (``d`` the stamp, ``k``
-        the unit-sum model, ``a`` the fitted amplitude, ``w`` the star's share of the fit weights).  Its expected
-        square is ``var + a^2 var_model`` (the model's noise from the other stars included).  The excess residual ``e = (sum r^2 - sum E[r^2]) /
-        sum (a k)^2`` over the unmasked pixels is the fraction of the model's power left beyond the noise,
-        whatever the star's flux; its noise is ``sqrt(2 sum E[r^2]^2) / sum (a k)^2``.  The flux excess
-        ``sum(d) / a - 1`` is the light in the stamp that the PSF does not explain (an underlying galaxy, a
-        blend), with noise ``sqrt(var(sum d)) / a``.
+        Returns a `Struct` of arrays, one value per star: ``excess``, ``excess_noise``, ``excess_allowance``,
+        ``flux_excess``, ``flux_noise``, ``size_excess``, ``size_noise``.
+
+        The residual of a star is taken about the model fitted without it: refitted for up to
+        ``leaveOneOutMaxStars`` stars, else approximated by ``r = (d - a k) / (1 - w)`` as for a weighted mean of
+        the stars (``d`` the stamp, ``k`` the unit-sum model, ``a`` the fitted amplitude, ``w`` the star's share
+        of the fit weights).  Its expected square is ``var + a^2 var_model`` (the pixel noise and the noise of
+        the mean image from the other stars).  The model is also uncertain at the star through its
+        principal-component amplitudes: ``V_c = s2_c t^T G^-1 t`` from the scatter of the (other) stars'
+        amplitudes about their spatial fit (`_amplitude_scatter`; divided by ``(1 - w)^2`` for the
+        approximation) -- a prediction interval: where the other stars only extrapolate to a star (a corner
+        held by one bright star), the model is as uncertain there as they scatter about it, and a large
+        residual there is no evidence against the star.
+
+        * The excess residual ``e = (sum r^2 - sum E[r^2]) / sum (a k)^2`` over the unmasked pixels is the
+          fraction of the model's power left beyond the noise, whatever the star's flux; ``excess_allowance``
+          ``a^2 sum_c V_c / sum (a k)^2`` is the part of it the model's amplitude uncertainty explains (`_reject`
+          discounts it star by star), and its noise is ``sqrt(2 sum E[r^2]^2 + 2 sum_c (a^2 V_c)^2) /
+          sum (a k)^2`` (each component a chi^2 of one degree of freedom).
+        * The flux excess ``sum(d) / a - 1`` is the light in the stamp that the PSF does not explain (an
+          underlying galaxy, a blend), with noise ``sqrt(var(sum d)) / a``.
+        * The size excess ``delta`` is the fractional widening of the model that fits the star best: the
+          weighted least-squares fit ``d = a' k + b D`` with ``D = dk / d ln(scale)`` (`_dilation_template`) and
+          ``delta = b / a'``.  An unresolved galaxy or companion under a star widens it; this matched test
+          concentrates the residual in one direction, so it finds widened stars at a modest S/N, where the
+          excess residual is lost in the noise of the whole stamp.  Its noise (``~1 / (S/N)`` for a
+          Gaussian) adds the pixel noise of the fit and the model's amplitude uncertainty projected on ``D``.
         """
         n = len(fit_set)
         shares = np.array([c.fit_weight for c in fit_set])
@@ -915,14 +988,19 @@ class PcaPsfDeterminerTask(Task):
         model_var = sum(
             share**2 * c.variance / c.norm**2 for share, c in zip(shares, fit_set) if share > 0 and c.norm > 0
         )
-        excess, excess_noise = np.full(n, math.inf), np.ones(n)
+        excess, excess_noise, excess_allowance = np.full(n, math.inf), np.ones(n), np.zeros(n)
         flux_excess, flux_noise = np.full(n, math.inf), np.ones(n)
+        size_excess, size_noise = np.full(n, math.inf), np.ones(n)
         exact = 2 < n <= self.config.leaveOneOutMaxStars
+        full_scatter = None if exact else self._fit_with_scatter(fit_set, psf.bbox)[1]
         for i, candidate in enumerate(fit_set):
             kernel = psf.compute_kernel_image(candidate.x, candidate.y)
             w, data, var = candidate.weight, candidate.stamp, candidate.variance
             if exact:
-                others = self._fit(fit_set, psf.bbox, exclude=i).compute_kernel_image(candidate.x, candidate.y)
+                others_psf, scatter = self._fit_with_scatter(fit_set, psf.bbox, exclude=i)
+                others = others_psf.compute_kernel_image(candidate.x, candidate.y)
+            else:
+                others_psf, scatter, others = psf, full_scatter, kernel
             denominator = float(np.sum(w * kernel * kernel))
             amplitude = float(np.sum(w * data * kernel)) / denominator if denominator > 0 else math.nan
             use = w > 0
@@ -936,37 +1014,100 @@ class PcaPsfDeterminerTask(Task):
             share = min(shares[i], 0.95)
             others_var = np.maximum(model_var - share**2 * var / candidate.norm**2, 0.0) / (1.0 - share) ** 2
             expected = var[use] + amplitude**2 * np.asarray(others_var)[use] if np.ndim(others_var) else var[use]
+            # Variance of the model's component amplitudes at the star (a prediction interval).
+            amplitude_var = np.zeros(0)
+            if scatter is not None:
+                g_inv, s2 = scatter
+                t = chebyshev_terms(candidate.x, candidate.y, others_psf.degree, psf.bbox)
+                amplitude_var = s2 * float(t @ g_inv @ t)
+                if not exact:
+                    amplitude_var = amplitude_var / (1.0 - share) ** 2
+            component_power = amplitude**2 * amplitude_var
             if exact:
                 loo = data[use] - amplitude * others[use]
             else:
                 loo = diff / (1.0 - share)
             excess[i] = (float(np.sum(loo * loo)) - float(np.sum(expected))) / power
-            excess_noise[i] = math.sqrt(2.0 * float(np.sum(expected**2))) / power
+            excess_allowance[i] = float(np.sum(component_power)) / power
+            excess_noise[i] = (
+                math.sqrt(2.0 * float(np.sum(expected**2)) + 2.0 * float(np.sum(component_power**2))) / power
+            )
             flux_excess[i] = float(data.sum()) / amplitude - 1.0
             flux_noise[i] = math.sqrt(candidate.sum_variance) / amplitude
             candidate.residual = math.sqrt(max(excess[i], 0.0))
-        return excess, excess_noise, flux_excess, flux_noise
+            size_excess[i], size_noise[i] = self._size_excess(
+                data[use], expected, others, use, others_psf.components[1:], amplitude_var
+            )
+            if not exact:
+                size_excess[i] /= 1.0 - share
+        return Struct(
+            excess=excess,
+            excess_noise=excess_noise,
+            excess_allowance=excess_allowance,
+            flux_excess=flux_excess,
+            flux_noise=flux_noise,
+            size_excess=size_excess,
+            size_noise=size_noise,
+        )
+
+    @staticmethod
+    def _size_excess(
+        data: np.ndarray,
+        expected: np.ndarray,
+        kernel: np.ndarray,
+        use: np.ndarray,
+        pcs: np.ndarray,
+        amplitude_var: np.ndarray,
+    ) -> tuple[float, float]:
+        """Fractional widening of the unit-sum ``kernel`` that fits ``data`` (on the ``use`` pixels), and its noise.
+
+        Weighted least squares of ``data = a k + b D`` (``D`` from `_dilation_template`, weights
+        ``1 / expected``); ``delta = b / a``, with the variance of ``b / a`` from the fit plus the model's:
+        the amplitude variances ``amplitude_var`` of the components ``pcs`` times their dilation coefficients.
+        (inf, 1) when the fit is degenerate or the amplitude not positive.
+        """
+        design = np.stack([kernel[use], _dilation_template(kernel)[use]], axis=1)
+        normal = design.T @ (design / expected[:, None])
+        try:
+            covariance = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            return math.inf, 1.0
+        a, b = covariance @ (design.T @ (data / expected))
+        if not (a > 0 and np.all(np.isfinite(covariance))):
+            return math.inf, 1.0
+        variance = float(covariance[1, 1]) / (a * a)
+        if len(amplitude_var):
+            # How far each component widens the model: its dilation coefficient (unweighted projection).
+            projection = np.linalg.lstsq(design, pcs.reshape(len(pcs), -1)[:, use.ravel()].T, rcond=None)[0][1]
+            variance += float(np.sum(projection**2 * amplitude_var))
+        return float(b / a), math.sqrt(variance)
 
     def _reject(self, fit_set: list[PsfCandidate], psf: PcaPsf) -> int:
         """Mark the worst outliers BAD (never leaving fewer than ``minStars``); return how many.
 
-        A star is an outlier when its excess residual or its flux excess (see `_evaluate`) is more than
-        ``spatialReject`` times its noise above the median star's, and the excess itself is above
-        ``residualFloor`` (squared) or ``fluxExcessFloor``.
+        A star is an outlier when its excess residual (less its own ``excess_allowance``), its flux excess or its
+        size excess (see `_evaluate`) is more than ``spatialReject`` times its noise above the median star's, and
+        that difference is above ``residualFloor`` (squared), ``fluxExcessFloor`` or ``sizeExcessFloor``.  The
+        allowance is taken after the median, which stands for the model's imperfections common to all stars.  All three are one-sided:
+        contamination adds residual power, light and width; a star narrower than the model is the model's
+        error (and shows in the excess residual if it is large).
         """
         cfg = self.config
-        excess, excess_noise, flux_excess, flux_noise = self._evaluate(fit_set, psf)
-        badness = np.zeros(len(fit_set))
-        outlier = np.zeros(len(fit_set), dtype=bool)
-        for values, noise, floor in (
-            (excess, excess_noise, cfg.residualFloor**2),
-            (flux_excess, flux_noise, cfg.fluxExcessFloor),
+        stats = self._evaluate(fit_set, psf)
+        n = len(fit_set)
+        badness = np.zeros(n)
+        outlier = np.zeros(n, dtype=bool)
+        for values, noise, allowance, floor in (
+            (stats.excess, stats.excess_noise, stats.excess_allowance, cfg.residualFloor**2),
+            (stats.flux_excess, stats.flux_noise, np.zeros(n), cfg.fluxExcessFloor),
+            (stats.size_excess, stats.size_noise, np.zeros(n), cfg.sizeExcessFloor),
         ):
             finite = np.isfinite(values)
             reference = float(np.median(values[finite])) if finite.any() else 0.0
-            z = np.where(finite, (values - reference) / noise, np.inf)
-            outlier |= ~finite | ((z > cfg.spatialReject) & (values - reference > floor))
-            badness = np.maximum(badness, np.where(finite, (values - reference) / max(floor, 1e-12), np.inf))
+            beyond = np.where(finite, values - reference - allowance, np.inf)
+            z = beyond / noise
+            outlier |= ~finite | ((z > cfg.spatialReject) & (beyond > floor))
+            badness = np.maximum(badness, beyond / max(floor, 1e-12))
         n_max = min(len(fit_set) - cfg.minStars, max(1, int(cfg.maxRejectFraction * len(fit_set))))
         n_rejected = 0
         # Worst first by how far beyond the floors, not by significance: a bright clean star measured against a

@@ -18,7 +18,7 @@ file                      content
 ``summary.yaml``          seed, band, visits, detectors, files, units
 ========================  ========================================================================
 
-Besides about 3000 stars and 40000 galaxies per square degree, every detector gets, near its centre, one
+Besides about 10000 stars and 40000 galaxies per square degree, every detector gets, near its centre, one
 bright saturating star (r = 13-14.5), one variable star (r = 17-19.5, sinusoidal light curve with a
 period of 7-72 minutes and a 20-50% amplitude) and two transients (r = 19-21.5; one isolated, one 0.3-1.5
 arcsec from a galaxy).
@@ -97,7 +97,7 @@ NIGHT_START = "2024-03-15T01:00:00"  # TAI; each band starts 3 h later than the 
 AB_NJY_ZERO_POINT = 31.4  # flux_nJy = 10**(-0.4 * (mag - 31.4))
 FIELD_HALF_SIZE = 0.12  # deg: catalogue half-width (field of view + dithers + margin)
 DITHER = 0.015  # deg: maximum boresight offset
-STAR_DENSITY = 3000.0  # per deg^2, 16 < r < 24
+STAR_DENSITY = 10000.0  # per deg^2, 16 < r < 24 (galactic latitude ~30 deg)
 GALAXY_DENSITY = 40000.0  # per deg^2, 18 < r < 25
 CR_PER_DETECTOR = 12.0  # mean number of cosmic rays per detector per exposure
 _SKY_FRAME_SEED = 20240315  # the sky-frame pattern is a property of the camera, not of a simulation
