@@ -3,8 +3,12 @@
 `MakeWarpTask` follows ``lsst.drp.tasks.make_direct_warp.MakeDirectWarpTask`` and the PSF-matched warps of
 ``lsst.pipe.tasks.makeWarp.MakeWarpTask``.  For every detector of the visit that overlaps the patch:
 
-1. calibrate the ``calexp`` to nJy (``photo_calib``), optionally adding its subtracted background back first
-   (``doRevertOldBackground``: background-unsubtracted warps, as background matching needs);
+1. calibrate the ``calexp`` to nJy, optionally adding its subtracted background back first
+   (``doRevertOldBackground``: background-unsubtracted warps, as background matching needs).  The calibration
+   is the calexp's own ``photo_calib``, or with ``useVisitSummaryPhotoCalib`` the visit-level calibration of
+   the ``visitSummary`` (`tasks.visit_summary.ConsolidateVisitSummaryTask`), the same for every detector of
+   the visit, so that independent per-detector zero-point errors do not make steps in the sky level between
+   the detectors of a warp;
 2. ``directWarp``: resample it onto the patch's outer box in the tract frame (`warp_exposure`);
 3. ``psfMatchedWarp``: first convolve it with a spatially varying kernel that matches its PSF to a circular
    Gaussian model PSF of FWHM ``modelPsfFwhm`` [arcsec] in the tract frame (`match_to_model_psf`), then
@@ -42,6 +46,7 @@ from .image.geom import Box2I
 from .image.mask import Mask
 from .image.psf import FWHM_PER_SIGMA
 from .image.warping import WARPING_KERNELS, PixelMapping, warp_exposure
+from .visit_summary import visit_photo_calib
 
 __all__ = [
     "MakeWarpConfig",
@@ -318,6 +323,12 @@ class MakeWarpConnections(PipelineTaskConnections, dimensions=_DIMENSIONS):
         dimensions=("skymap",),
         doc="The skymap that defines the patch's pixel grid.",
     )
+    visitSummary = Input(  # noqa: N815
+        name="visitSummary",
+        storageClass="AstropyFitsTable",
+        dimensions=("instrument", "visit"),
+        doc="The visit's consolidated calibration (ConsolidateVisitSummaryTask), when useVisitSummaryPhotoCalib.",
+    )
     directWarp = Output(  # noqa: N815
         name="directWarp",
         storageClass="ExposureF",
@@ -337,6 +348,8 @@ class MakeWarpConnections(PipelineTaskConnections, dimensions=_DIMENSIONS):
             return
         if not config.doRevertOldBackground:
             del self.backgroundList
+        if not config.useVisitSummaryPhotoCalib:
+            del self.visitSummary
         if not config.makeDirect:
             del self.directWarp
         if not config.makePsfMatched:
@@ -350,6 +363,11 @@ class MakeWarpConfig(PipelineTaskConfig, pipelineConnections=MakeWarpConnections
     makePsfMatched: bool = Field(True, description="Make the psfMatchedWarp.")  # noqa: N815
     doRevertOldBackground: bool = Field(  # noqa: N815
         False, description="Add the calexp's subtracted background back before warping (background-unsubtracted warps)."
+    )
+    useVisitSummaryPhotoCalib: bool = Field(  # noqa: N815
+        False,
+        description="Calibrate every calexp with the visit-level calibration of the visitSummary input instead of "
+        "its own photo_calib (no steps between detectors).",
     )
     warpingKernelName: str = Field(  # noqa: N815
         "lanczos3", description=f"Warping kernel: one of {', '.join(WARPING_KERNELS)}."
@@ -383,7 +401,9 @@ class MakeWarpTask(PipelineTask):
     See the module docstring.  Metadata: ``nInputs`` (detectors given), ``nDirectInputs`` /
     ``nPsfMatchedInputs`` (detectors contributing pixels), ``directCoveredFraction`` /
     ``psfMatchedCoveredFraction`` (fraction of the patch's outer box with data), ``psfTooWideDetectors``
-    (detector ids whose PSF is wider than the model), ``modelPsfFwhmPixels`` [tract pixels].
+    (detector ids whose PSF is wider than the model), ``modelPsfFwhmPixels`` [tract pixels],
+    ``photoCalibSource`` (``calexp`` or ``visitSummary``) and, with the visit summary, ``visitCalibrationMean``
+    [nJy/count].
     """
 
     ConfigClass = MakeWarpConfig
@@ -418,7 +438,7 @@ class MakeWarpTask(PipelineTask):
         if backgrounds is not None:
             backgrounds = [backgrounds[k] for k in keep]
         outputs = self.run(calexps, patch_info, backgroundList=backgrounds, visitId=int(data_id["visit"]),
-                           detectorIds=detector_ids)
+                           detectorIds=detector_ids, visitSummary=inputs.get("visitSummary"))
         for name in ("directWarp", "psfMatchedWarp"):
             value = getattr(outputs, name)
             if value is not None and hasattr(outputRefs, name):
@@ -435,6 +455,7 @@ class MakeWarpTask(PipelineTask):
         backgroundList: list[Any] | None = None,  # noqa: N803
         visitId: int,  # noqa: N803
         detectorIds: list[int] | None = None,  # noqa: N803
+        visitSummary: Any = None,  # noqa: N803
     ) -> Struct:
         """Warp the calexps of a visit onto a patch.
 
@@ -452,6 +473,9 @@ class MakeWarpTask(PipelineTask):
             The visit (recorded in the warps' metadata as ``VISIT``).
         detectorIds : `list` [`int`], optional
             Detector ids of the calexps (for the metadata); default from ``exposure.detector`` or the index.
+        visitSummary : `astropy.table.Table`, optional
+            The visit's ``visitSummary``: needed when ``useVisitSummaryPhotoCalib``; then every calexp is
+            calibrated with ``PhotoCalib(visit_calibration_mean)`` rather than its own ``photo_calib``.
 
         Returns
         -------
@@ -463,8 +487,9 @@ class MakeWarpTask(PipelineTask):
         NoWorkFound
             If no calexp covers any pixel of the patch.
         WarpingError
-            If ``doRevertOldBackground`` and ``backgroundList`` is missing or of a different length, or a calexp
-            has no ``photo_calib`` or ``wcs``.
+            If ``doRevertOldBackground`` and ``backgroundList`` is missing or of a different length, a calexp
+            has no ``photo_calib`` (unless the visit summary's is used) or ``wcs``, or
+            ``useVisitSummaryPhotoCalib`` and ``visitSummary`` is missing or not a valid summary of ``visitId``.
         """
         config = self.config
         calexps = [c.get() if hasattr(c, "get") and not isinstance(c, Exposure) else c for c in calExpList]
@@ -475,6 +500,16 @@ class MakeWarpTask(PipelineTask):
             )
         if detectorIds is None:
             detectorIds = [c.detector.id if c.detector is not None else k for k, c in enumerate(calexps)]
+        visit_calib = None
+        if config.useVisitSummaryPhotoCalib:
+            if visitSummary is None:
+                raise WarpingError(f"useVisitSummaryPhotoCalib needs the visitSummary of visit {visitId}: got None.")
+            try:
+                visit_calib = visit_photo_calib(visitSummary, visitId)
+            except ValueError as err:
+                raise WarpingError(f"bad visitSummary for visit {visitId}: {err}") from err
+            self.metadata["visitCalibrationMean"] = visit_calib.calibration_mean
+        self.metadata["photoCalibSource"] = "calexp" if visit_calib is None else "visitSummary"
         bbox = patchInfo.outer_bbox
         wcs = patchInfo.wcs
         tract_scale = _pixel_scale(wcs, bbox)
@@ -489,7 +524,7 @@ class MakeWarpTask(PipelineTask):
         matched_parts: list[Exposure] = []
         too_wide: list[int] = []
         for k, calexp in enumerate(calexps):
-            calibrated = self._calibrate(calexp, None if backgroundList is None else backgroundList[k])
+            calibrated = self._calibrate(calexp, None if backgroundList is None else backgroundList[k], visit_calib)
             if config.makeDirect:
                 warp = warp_exposure(calibrated, wcs, bbox, kernel=config.warpingKernelName,
                                      interp_length=config.interpLength, psf_grid_spacing=config.psfGridSpacing)
@@ -518,15 +553,18 @@ class MakeWarpTask(PipelineTask):
 
     # Helpers -------------------------------------------------------------------------------------------------
 
-    def _calibrate(self, calexp: Exposure, background: Any) -> Exposure:
-        """A copy of the calexp in nJy (background restored first when given)."""
-        if calexp.photo_calib is None:
+    def _calibrate(self, calexp: Exposure, background: Any, photo_calib: PhotoCalib | None = None) -> Exposure:
+        """A copy of the calexp in nJy (background restored first when given), with ``photo_calib`` if given,
+        else the calexp's own."""
+        if photo_calib is None:
+            photo_calib = calexp.photo_calib
+        if photo_calib is None:
             raise WarpingError(f"calexp {calexp} has no photo_calib: cannot calibrate it to nJy.")
         masked = calexp.masked_image
         if background is not None:
             masked = masked.copy()
             masked.image[...] += background.get_image(calexp.bbox)
-        calibrated = calexp.photo_calib.calibrate_image(masked)
+        calibrated = photo_calib.calibrate_image(masked)
         return Exposure(
             calibrated,
             wcs=calexp.wcs,

@@ -272,3 +272,32 @@ def test_connections_follow_the_config():
     assert "backgroundList" not in default.inputs and {"directWarp", "psfMatchedWarp"} <= default.outputs
     reverted = MakeWarpConnections(config=MakeWarpConfig(doRevertOldBackground=True, makeDirect=False))
     assert "backgroundList" in reverted.inputs and reverted.outputs == {"psfMatchedWarp"}
+    assert "visitSummary" not in default.inputs
+    visit = MakeWarpConnections(config=MakeWarpConfig(useVisitSummaryPhotoCalib=True))
+    assert "visitSummary" in visit.inputs and visit.visitSummary.dimensions == ("instrument", "visit")
+
+
+def test_use_visit_summary_photo_calib(patch, centre):
+    """With useVisitSummaryPhotoCalib the visit calibration replaces the calexp's own (CALIB = 2.0)."""
+    from astropy.table import Table
+
+    from tasks.errors import WarpingError
+
+    calexp = make_calexp(*centre, detector_value=10.0)
+    summary = Table({"visit": [3, 3], "detector": [7, 8], "visit_calibration_mean": [2.05, 2.05],
+                     "visit_calibration_err": [0.01, 0.01]})
+    task = MakeWarpTask(config=MakeWarpConfig(makePsfMatched=False, useVisitSummaryPhotoCalib=True))
+    warp = task.run([calexp], patch, visitId=3, visitSummary=summary).directWarp
+    good = np.isfinite(warp.image)
+    np.testing.assert_allclose(warp.image[good], 10.0 * 2.05, rtol=1e-5)  # not 10 * CALIB = 20
+    assert warp.photo_calib == PhotoCalib(1.0)
+    assert task.metadata["photoCalibSource"] == "visitSummary" and task.metadata["visitCalibrationMean"] == 2.05
+    with pytest.raises(WarpingError, match="needs the visitSummary of visit 3"):
+        task.run([calexp], patch, visitId=3)
+    with pytest.raises(WarpingError, match="not of visit 4"):
+        task.run([calexp], patch, visitId=4, visitSummary=summary)
+    # The option off: the calexp's own calibration, the summary ignored.
+    own = MakeWarpTask(config=MakeWarpConfig(makePsfMatched=False)).run([calexp], patch, visitId=3,
+                                                                        visitSummary=summary).directWarp
+    np.testing.assert_allclose(own.image[good], 10.0 * CALIB, rtol=1e-5)
+    np.testing.assert_allclose(warp.variance[good] / own.variance[good], (2.05 / CALIB) ** 2, rtol=1e-5)
