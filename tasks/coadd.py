@@ -30,7 +30,8 @@ pixel grid, in nJy) are combined pixel by pixel into a ``{coaddName}Coadd``, fol
 5. **Background** (``doSubtractBackground``, for coadds of background-unsubtracted warps): a large-scale
    background is fitted (``subtractBackground`` subtask), pixels more than ``backgroundDetectionThreshold``
    sigma above it are masked (grown by ``backgroundMaskGrow`` pixels), the background is fitted again and
-   subtracted.
+   subtracted.  When too few bins have data (a patch the warps cover only in a sliver) the background is a
+   constant (metadata ``backgroundUndersampled``).
 
 The coadd carries the tract WCS, ``PhotoCalib(1.0)`` (nJy) and ``coadd_inputs``, one row per used visit:
 ``visit``, ``weight`` [nJy^-2], ``psf_fwhm`` [arcsec], ``n_pixels`` (coadd pixels the visit contributes to)
@@ -65,7 +66,7 @@ from graph import (
 from graph.errors import NoWorkFound
 
 from .background import SubtractBackgroundConfig, SubtractBackgroundTask
-from .errors import TasksError
+from .errors import NoUsableBinsError, TasksError
 from .image import (
     Box2I,
     Exposure,
@@ -938,8 +939,7 @@ class AssembleCoaddTask(PipelineTask):
         """Fit a large-scale background with sources masked and subtract it in place."""
         from .image import BackgroundList
 
-        task = self.subtractBackground
-        first, _ = task.fit(coadd)
+        first = self._fit_background(coadd)
         residual = coadd.image - first.get_image()
         sigma = np.sqrt(coadd.variance)
         with np.errstate(invalid="ignore"):
@@ -952,12 +952,36 @@ class AssembleCoaddTask(PipelineTask):
             coadd.variance,
             xy0=coadd.xy0,
         )
-        model, _ = task.fit(masked)
+        model = self._fit_background(masked)
         image = model.get_image()
         coadd.image[...] -= image.astype(np.float32)
         self.metadata["backgroundMean"] = float(np.mean(image))
         self.metadata["backgroundMaskedFraction"] = float(sources.mean())
         return BackgroundList([model])
+
+    def _fit_background(self, image: MaskedImage) -> Any:
+        """The ``subtractBackground`` model of ``image``; a constant (one bin over the whole box, as afw's
+        ``REDUCE_INTERP_ORDER`` undersample style ends) when too few of its bins have data -- a patch the
+        visits cover only in a sliver."""
+        from .background import fit_background_fast
+
+        task = self.subtractBackground
+        try:
+            model, _ = task.fit(image)
+        except NoUsableBinsError as err:
+            self.log.warning("coadd background: %s; fitting a constant instead", err)
+            config = task.config
+            model, _ = fit_background_fast(
+                image,
+                bin_size=image.bbox.shape,
+                bad_mask_planes=tuple(config.ignoredPixelMask),
+                statistic=config.statistic,
+                clip=config.clip,
+                n_iter=config.nIter,
+                interpolation="constant",
+            )
+            self.metadata["backgroundUndersampled"] = True
+        return model
 
 
 def _flat_index(part: Box2I, sub: Box2I) -> np.ndarray | slice:

@@ -162,8 +162,9 @@ def _grid_axis(start: int, length: int, step: int) -> np.ndarray:
 
 def _interp_axis(values: np.ndarray, n: int, step: int) -> np.ndarray:
     """Linearly interpolate grid values (..., n_grid) every ``step`` pixels to ``n`` pixels (..., n)."""
-    k = np.arange(n) // step
-    t = (np.arange(n) % step) / step
+    # The last grid cell also holds its end point (length - 1 a multiple of ``step``): t = 1 there.
+    k = np.minimum(np.arange(n) // step, values.shape[-1] - 2)
+    t = (np.arange(n) - k * step) / step
     lo = values[..., k]
     return lo + (values[..., k + 1] - lo) * t
 
@@ -384,7 +385,8 @@ def _warp_pixels(
         c0 = int(cells[0]) * interp_length
         c1 = min(nx, (int(cells[-1]) + 1) * interp_length + 1)
         r0 = ky * interp_length
-        r1 = min(sub.height, r0 + interp_length)
+        # The last grid row ends the box: it also takes the row on the last grid line.
+        r1 = sub.height if ky == len(gy) - 2 else min(sub.height, r0 + interp_length)
         if r1 <= r0:
             continue
         lo = rows_x[:, ky, c0:c1]

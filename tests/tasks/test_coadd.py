@@ -478,6 +478,30 @@ def test_subtract_background_removes_a_large_scale_gradient_and_keeps_stars(patc
     assert task.metadata["backgroundMean"] == pytest.approx(float(sky.mean()), rel=0.01)
 
 
+def test_subtract_background_of_a_sliver_of_coverage_is_a_constant(patch):
+    """Regression (SDSS template coadd of one run): warps covering too few background bins of the patch get a
+    constant background instead of NoUsableBinsError."""
+    rng = np.random.default_rng(11)
+    bbox = patch.outer_bbox
+    warps = [make_warp(patch, 900 + i, sigma=1.8, noise=10.0, rng=rng, background=300.0) for i in range(2)]
+    for warp in warps:
+        warp.mask.add_plane("NO_DATA")
+        sliver = np.zeros(bbox.shape, bool)
+        sliver[...] = True
+        sliver[:100, :40] = False  # data in 100 x 40 pixels: 2 of the 64 px bins
+        warp.image[sliver] = np.nan
+        warp.variance[sliver] = np.nan
+        warp.mask.array[sliver] |= warp.mask.get_plane_bitmask(["NO_DATA"])
+    config = AssembleCoaddConfig(doSubtractBackground=True)
+    config.subtractBackground.binSize = 64
+    task = AssembleCoaddTask(config=config)
+    coadd = task.run(warps, patch).coaddExposure
+    assert task.metadata["backgroundUndersampled"] is True
+    good = np.isfinite(coadd.image)
+    assert good[:100, :40].all() and good.sum() == 100 * 40
+    assert abs(np.mean(coadd.image[good])) < 0.1 * math.sqrt(float(np.nanmedian(coadd.variance)))
+
+
 # As a quantum ------------------------------------------------------------------------------------------------
 
 

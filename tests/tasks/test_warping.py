@@ -128,6 +128,17 @@ def test_flat_image_stays_flat_under_pure_rotation():
         assert np.max(np.abs(good / 3.0 - 1.0)) < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(64, 65), (65, 64), (65, 65), (33, 97)])
+def test_boxes_one_pixel_past_the_interpolation_grid_are_filled(shape):
+    """Regression (SDSS patch warps): an output box whose width or height - 1 is a multiple of interp_length
+    ends on a grid line; its last column used to raise IndexError and its last row was left NaN."""
+    out_wcs = tan_wcs((150.0, 2.0), (20.0, 20.0), 0.2)
+    exposure = Exposure(MaskedImage(np.full(IN_SHAPE, 3.0, np.float32)), wcs=IN_WCS)
+    warped = warp_exposure(exposure, out_wcs, Box2I(0, 0, shape[1], shape[0]), interp_length=32)
+    assert np.isfinite(warped.image).all()
+    assert np.max(np.abs(warped.image / 3.0 - 1.0)) < 1e-4  # same pixel scale
+
+
 @pytest.mark.parametrize("kernel", ["lanczos3", "bilinear"])
 def test_integer_shift_reproduces_the_input(kernel):
     rng = np.random.default_rng(4)
