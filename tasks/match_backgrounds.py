@@ -187,22 +187,6 @@ def _union(a: Box2I | None, b: Box2I | None) -> Box2I | None:
     return a.union(b)
 
 
-def _difference_of_bins(a: TractBackground, b: TractBackground) -> TractBackground:
-    """The binned difference ``a - b`` on the bins both hold (counts: the smaller; variances: summed)."""
-    out = TractBackground(a.bbox, config=a.config)
-    common = a.good & b.good
-    n = np.where(common, np.minimum(a.counts, b.counts), 0.0)
-    ax, ay = a.centroids()
-    bx, by = b.centroids()
-    with np.errstate(invalid="ignore"):
-        out._n[...] = n
-        out._sum[...] = np.where(common, n * (a.values - b.values), 0.0)
-        out._sum_var[...] = np.where(common, n**2 * (a.variances + b.variances), 0.0)
-        out._sum_x[...] = np.where(common, n * 0.5 * (ax + bx), 0.0)
-        out._sum_y[...] = np.where(common, n * 0.5 * (ay + by), 0.0)
-    return out
-
-
 class MatchBackgroundsTask(PipelineTask):
     """Match the backgrounds of a list of warped exposures to a reference visit.
 
@@ -408,7 +392,7 @@ class MatchBackgroundsTask(PipelineTask):
             for v in visits:
                 if v == r:
                     continue
-                diff = _difference_of_bins(backgrounds[r], backgrounds[v])
+                diff = backgrounds[r].binned_difference(backgrounds[v])
                 if diff.good.sum() < config.minGoodBins:
                     continue
                 try:

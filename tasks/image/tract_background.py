@@ -320,6 +320,35 @@ class TractBackground:
             getattr(self, name)[...] += getattr(other, name)
         self._reset_fit()
 
+    def binned_difference(self, other: TractBackground) -> TractBackground:
+        """The unfitted binned difference ``self - other`` on the bins both hold.
+
+        Each common bin keeps the smaller pixel count, the difference of the values, the sum of the
+        variances and the mean of the two centroids.
+
+        Raises
+        ------
+        ImageError
+            If the tract boxes or bin sizes differ.
+        """
+        if other.bbox != self.bbox or other.bin_size != self.bin_size:
+            raise ImageError(
+                f"cannot difference a TractBackground over {other.bbox} with {other.bin_size} px bins and one over "
+                f"{self.bbox} with {self.bin_size} px bins."
+            )
+        out = TractBackground(self.bbox, config=self.config)
+        common = self.good & other.good
+        n = np.where(common, np.minimum(self.counts, other.counts), 0.0)
+        ax, ay = self.centroids()
+        bx, by = other.centroids()
+        with np.errstate(invalid="ignore"):
+            out._n[...] = n
+            out._sum[...] = np.where(common, n * (self.values - other.values), 0.0)
+            out._sum_var[...] = np.where(common, n**2 * (self.variances + other.variances), 0.0)
+            out._sum_x[...] = np.where(common, n * 0.5 * (ax + bx), 0.0)
+            out._sum_y[...] = np.where(common, n * 0.5 * (ay + by), 0.0)
+        return out
+
     # ------------------------------------------------------------------ fitting
     def fit(self, *, domain: Box2I | None = None) -> TractBackground:
         """Fit the smooth model to the good bins (in place).
