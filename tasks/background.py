@@ -83,14 +83,9 @@ def fit_background_fast(
     bbox = masked_image.bbox
     ny, nx = masked_image.shape
     ny_b, nx_b = -(-ny // by), -(-nx // bx)
-    mask = masked_image.mask
-    planes = [name for name in bad_mask_planes if name in mask.planes]
-
     data = np.full((ny_b * by, nx_b * bx), np.nan, dtype=np.float32)
     data[:ny, :nx] = masked_image.image
-    if planes:
-        bad = (mask.array & np.int32(mask.get_plane_bitmask(planes))) != 0
-        data[:ny, :nx][bad] = np.nan
+    data[:ny, :nx][masked_image.mask.get_plane(bad_mask_planes, missing_ok=True)] = np.nan
     blocks = data.reshape(ny_b, by, nx_b, bx).transpose(0, 2, 1, 3).reshape(ny_b, nx_b, by * bx)
     valid = np.isfinite(blocks)
     n_valid = valid.sum(axis=2)
@@ -141,7 +136,7 @@ def fit_background_fast(
     if n_usable < n_required:
         raise NoUsableBinsError(
             f"only {n_usable} of {ny_b * nx_b} background bins of {by}x{bx} pixels have enough unmasked pixels "
-            f"(need {n_required}; masked planes: {', '.join(planes) or 'none'}). Use a smaller binSize or fewer "
+            f"(need {n_required}; masked planes: {', '.join(p for p in bad_mask_planes if p in masked_image.mask.planes) or 'none'}). Use a smaller binSize or fewer "
             "ignoredPixelMask planes."
         )
     pixel_rms = float(np.median(np.sqrt(var[usable])))

@@ -71,7 +71,6 @@ from .image import (
     Box2I,
     Exposure,
     FilterLabel,
-    Mask,
     MaskedImage,
     PcaPsf,
     PhotoCalib,
@@ -561,10 +560,6 @@ class _Warp:
         return MaskedImage(pixels, mask, variance, xy0=mask.xy0)
 
 
-def _bad_bits(mask: Mask, names: Sequence[str]) -> int:
-    return mask.get_plane_bitmask([n for n in names if n in mask.planes]) if names else 0
-
-
 def _remap_mask(array: np.ndarray, planes: dict[str, int], target: dict[str, int], keep_bits: int) -> np.ndarray:
     """Mask bits of ``planes`` (restricted to ``keep_bits``) expressed in the bit layout ``target``."""
     array = array & np.int32(keep_bits)
@@ -825,7 +820,7 @@ class AssembleCoaddTask(PipelineTask):
                 continue
             planes = warp.planes(None if overlap == warp_box else overlap, image=False)
             mask = planes.mask
-            good = (planes.mask.array & np.int32(_bad_bits(mask, config.badMaskPlanes))) == 0
+            good = (planes.mask.array & np.int32(mask.get_plane_bitmask(config.badMaskPlanes, missing_ok=True))) == 0
             good &= np.isfinite(planes.variance) & (planes.variance > 0)
             # Subsample (every other row and column) for the median: plenty of pixels, 4x faster.
             sample = planes.variance[::2, ::2][good[::2, ::2]]
@@ -893,16 +888,18 @@ class AssembleCoaddTask(PipelineTask):
                     index = _flat_index(part, sub)
                     values[i, index] = image.ravel()
                     variances[i, index] = planes.variance.ravel()
-                    bad = _bad_bits(mask, config.badMaskPlanes)
+                    bad = mask.get_plane_bitmask(config.badMaskPlanes, missing_ok=True)
                     finite = np.isfinite(image) & np.isfinite(planes.variance) & (planes.variance > 0)
                     ok = finite & ((mask.array & np.int32(bad)) == 0)
                     valid[i, index] = ok.ravel()
-                    nodata = _bad_bits(mask, ["NO_DATA"])
+                    nodata = mask.get_plane_bitmask(["NO_DATA"], missing_ok=True)
                     covered[i, index] = (finite & ((mask.array & np.int32(nodata)) == 0)).ravel()
                     for p in thresholds:
                         if p in mask.planes:
                             bad_per_plane[p][i, index] = mask.get_plane(p).ravel()
-                    keep_bits = _bad_bits(mask, list(mask.planes)) & ~_bad_bits(mask, config.removeMaskPlanes)
+                    keep_bits = mask.get_plane_bitmask(list(mask.planes)) & ~mask.get_plane_bitmask(
+                        config.removeMaskPlanes, missing_ok=True
+                    )
                     masks[i, index] = _remap_mask(mask.array, mask.planes, target.planes, keep_bits).ravel()
                 mean, variance, keep = stack_clipped_mean(
                     values,

@@ -300,13 +300,10 @@ class SourceDetectionTask(Task):
         mask_array &= ~(bits["DETECTED"] | bits["DETECTED_NEGATIVE"])
 
         image = exposure.image
-        bad = None
-        planes = [p for p in config.badMaskPlanes if p in mask.planes]
-        if planes:
-            bad = (mask_array & np.int32(mask.get_plane_bitmask(planes))) != 0
+        bad = mask.get_plane(config.badMaskPlanes, missing_ok=True)
         if not np.isfinite(image.sum(dtype=np.float64)):
-            bad = ~np.isfinite(image) if bad is None else bad | ~np.isfinite(image)
-        if bad is not None and not bad.any():
+            bad |= ~np.isfinite(image)
+        if not bad.any():
             bad = None
         data = image if bad is None else np.where(bad, np.float32(0.0), image)
 

@@ -160,12 +160,7 @@ def _to_nanojansky(exposure: Exposure) -> Exposure:
 
 def _valid_pixels(exposure: Exposure, bad_planes: Sequence[str]) -> np.ndarray:
     """Pixels with finite values and none of the bad planes set, shape (ny, nx), bool."""
-    valid = np.isfinite(exposure.image)
-    mask = exposure.mask
-    planes = [name for name in bad_planes if name in mask.planes]
-    if planes:
-        valid &= (mask.array & np.int32(mask.get_plane_bitmask(planes))) == 0
-    return valid
+    return np.isfinite(exposure.image) & ~exposure.mask.get_plane(bad_planes, missing_ok=True)
 
 
 def _footprint_box(exposure: Exposure) -> Box2I | None:

@@ -852,8 +852,7 @@ class PcaPsfDeterminerTask(Task):
         data = mi.image.astype(np.float64)
         variance = mi.variance.astype(np.float64)
         mask = mi.mask
-        planes = [p for p in cfg.badMaskPlanes if p in mask.planes]
-        bad = (mask.array & mask.get_plane_bitmask(planes)) != 0 if planes else np.zeros(data.shape, dtype=bool)
+        bad = mask.get_plane(cfg.badMaskPlanes, missing_ok=True)
         bad |= ~np.isfinite(data) | ~(variance > 0)
         neighbours = np.zeros(data.shape, dtype=bool)
         if cfg.maskNeighbours and "DETECTED" in mask.planes:

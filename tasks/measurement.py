@@ -131,7 +131,7 @@ class SingleFrameMeasurementTask(Task):
         image = mi.image
         variance = mi.variance
         mask = mi.mask
-        invalid_bits = _bits(mask, ["NO_DATA"])
+        invalid_bits = mask.get_plane_bitmask(["NO_DATA"], missing_ok=True)
         labels = _labels_on(footprints, exposure)
         row_label, parent_row = _ownership(labels, x_in - x0, y_in - y0, ids, parent)
 
@@ -161,7 +161,7 @@ class SingleFrameMeasurementTask(Task):
 
         # PSF fluxes -------------------------------------------------------------------------------------------
         if config.doPsfFlux and exposure.psf is not None and n:
-            bad_bits = _bits(mask, config.psfFluxBadMaskPlanes)
+            bad_bits = mask.get_plane_bitmask(config.psfFluxBadMaskPlanes, missing_ok=True)
             psf_flux, psf_err, p_flag = _psf_fluxes(
                 stamps, exposure, cx + x0, cy + y0, bad_bits, config.psfFluxMaxMaskedFraction
             )
@@ -176,7 +176,7 @@ class SingleFrameMeasurementTask(Task):
         # Pixel flags ------------------------------------------------------------------------------------------
         fp_bits = _footprint_bits(mask.array, labels, row_label, parent_row)
         centre_bits, centre_off = _centre_bits(mask.array, cx, cy)
-        has = lambda names: _bits(mask, names)  # noqa: E731
+        has = lambda names: mask.get_plane_bitmask(names, missing_ok=True)  # noqa: E731
         flag_edge = ((fp_bits | centre_bits) & has(config.edgeMaskPlanes)) != 0
         flag_edge |= centre_off
         flag_sat = ((fp_bits | centre_bits) & has(["SAT"])) != 0
@@ -249,11 +249,6 @@ def _col(table: Table, name: str, values: np.ndarray, unit: str, description: st
     table[name] = np.asarray(values, dtype=np.float64)
     table[name].unit = unit
     table[name].description = description
-
-
-def _bits(mask, names) -> int:
-    present = [name for name in names if name in mask.planes]
-    return int(mask.get_plane_bitmask(present)) if present else 0
 
 
 def _labels_on(footprints: FootprintSet, exposure: Exposure) -> np.ndarray:

@@ -156,12 +156,7 @@ class RepairTask(Task):
 
 
 def _bad_pixels(masked_image: MaskedImage, planes: list[str]) -> np.ndarray:
-    mask = masked_image.mask
-    present = [p for p in planes if p in mask.planes]
-    bad = ~np.isfinite(masked_image.image)
-    if present:
-        bad |= mask.get_plane(present)
-    return bad
+    return ~np.isfinite(masked_image.image) | masked_image.mask.get_plane(planes, missing_ok=True)
 
 
 def _psf_ratios(exposure: Exposure) -> np.ndarray:

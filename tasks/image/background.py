@@ -197,8 +197,7 @@ class Background:
             raise ImageError("cannot fit a background to an empty image.")
         ny_b, nx_b = _n_bins(bbox, (by, bx))
         mask = masked_image.mask
-        planes = [name for name in bad_mask_planes if name in mask.planes]
-        bad = (mask.array & mask.get_plane_bitmask(planes)) != 0 if planes else np.zeros(mask.shape, dtype=bool)
+        bad = mask.get_plane(bad_mask_planes, missing_ok=True)
 
         # Pad to whole bins with NaN and reshape to (ny_b, nx_b, by * bx); NaN marks unusable pixels.
         data = np.full((ny_b * by, nx_b * bx), np.nan)
@@ -217,7 +216,7 @@ class Background:
         if n_usable < n_required:
             raise NoUsableBinsError(
                 f"only {n_usable} of {ny_b * nx_b} background bins of {by}x{bx} pixels have enough unmasked "
-                f"pixels (need {n_required}; masked planes: {', '.join(planes) or 'none'}). Use a smaller "
+                f"pixels (need {n_required}; masked planes: {', '.join(p for p in bad_mask_planes if p in mask.planes) or 'none'}). Use a smaller "
                 "bin_size or fewer bad_mask_planes."
             )
         if not usable.all():

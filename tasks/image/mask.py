@@ -164,29 +164,37 @@ class Mask:
                 "Add it with Mask.add_plane(name)."
             ) from None
 
-    def get_plane_bitmask(self, names: str | Iterable[str]) -> int:
+    def get_plane_bitmask(self, names: str | Iterable[str], *, missing_ok: bool = False) -> int:
         """The OR of the bits of the named planes.
 
         Parameters
         ----------
         names : `str` or iterable of `str`
             One plane name or several.
+        missing_ok : `bool`, optional
+            Ignore names that are not planes of this mask (a configured list of bad planes, of which a
+            given mask may have only some); 0 when none is.
 
         Raises
         ------
         MaskPlaneError
-            If a name is not a plane of this mask (the message lists the known planes).
+            If a name is not a plane of this mask and not ``missing_ok`` (the message lists the known planes).
         """
         if isinstance(names, str):
             names = (names,)
         bitmask = 0
         for name in names:
+            if missing_ok and name not in self._planes:
+                continue
             bitmask |= 1 << self._bit(name)
         return bitmask
 
-    def get_plane(self, name: str | Iterable[str]) -> np.ndarray:
-        """Boolean array (ny, nx), True where the plane's bit (any of several planes' bits) is set."""
-        return (self._array & self.get_plane_bitmask(name)) != 0
+    def get_plane(self, name: str | Iterable[str], *, missing_ok: bool = False) -> np.ndarray:
+        """Boolean array (ny, nx), True where the plane's bit (any of several planes' bits) is set.
+
+        ``missing_ok`` ignores names that are not planes of this mask (see `get_plane_bitmask`).
+        """
+        return (self._array & np.int32(self.get_plane_bitmask(name, missing_ok=missing_ok))) != 0
 
     def set_plane(self, name: str, where: np.ndarray | Box2I | None = None) -> None:
         """Set a plane's bit on the selected pixels, adding the plane if it is new.

@@ -258,9 +258,7 @@ class TractBackground:
         sub = masked_image[region]
         pixels = np.array(sub.image, dtype=np.float32)
         mask = sub.mask
-        planes = [name for name in self.config.badMaskPlanes if name in mask.planes]
-        if planes:
-            pixels[(mask.array & np.int32(mask.get_plane_bitmask(planes))) != 0] = np.nan
+        pixels[mask.get_plane(self.config.badMaskPlanes, missing_ok=True)] = np.nan
         data = np.full(aligned.shape, np.nan, dtype=np.float32)
         data[region.slices(aligned)] = pixels
         ny_b, nx_b = gy1 - gy0, gx1 - gx0

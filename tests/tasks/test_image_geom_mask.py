@@ -150,3 +150,15 @@ def test_masked_image_converts_to_float32_and_checks_shapes():
 def test_sub_image_outside_parent_is_an_error():
     with pytest.raises(ValueError, match="not contained"):
         MaskedImage(np.ones((4, 4)))[Box2I(2, 2, 4, 4)]
+
+
+def test_missing_ok_ignores_planes_the_mask_lacks():
+    mask = Mask((2, 3))
+    mask.set_plane("CR", np.array([[True, False, False], [False, False, True]]))
+    bad = ["CR", "STREAK", "NOT_A_PLANE"]
+    assert mask.get_plane_bitmask(bad, missing_ok=True) == 1 << mask.planes["CR"]
+    assert mask.get_plane_bitmask(["STREAK"], missing_ok=True) == 0
+    assert mask.get_plane(bad, missing_ok=True).tolist() == [[True, False, False], [False, False, True]]
+    assert not mask.get_plane(["STREAK"], missing_ok=True).any()
+    with pytest.raises(MaskPlaneError):
+        mask.get_plane(bad)
