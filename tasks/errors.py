@@ -19,6 +19,7 @@ __all__ = [
     "MaskPlaneError",
     "MatchBackgroundsError",
     "NoUsableBinsError",
+    "PsfMatchingError",
     "SkyMapError",
     "SpatialCellError",
     "TasksError",
@@ -107,3 +108,8 @@ class WarpingError(ImageError):
 class MatchBackgroundsError(TasksError, ValueError):
     """Warps cannot be background-matched as asked: the reference visit is not among them, or a warp's visit,
     patch or tract cannot be determined."""
+
+
+class PsfMatchingError(TasksError, RuntimeError):
+    """A PSF-matching kernel cannot be computed: too few usable kernel candidates (stars), an unsupported
+    convolution mode, or a spatial solution that is singular.  A `RuntimeError`, as the LSST contract states."""

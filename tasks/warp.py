@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from scipy import fft as sp_fft
-from scipy import signal
 
 from graph import (
     Field,
@@ -42,6 +41,7 @@ from graph.errors import NoWorkFound
 
 from .errors import WarpingError
 from .image import Exposure, GaussianPsf, MaskedImage, PatchInfo, PcaPsf, PhotoCalib
+from .image.convolve import convolve_on_grid, convolved_mask, grid_nodes, kernel_radius
 from .image.geom import Box2I
 from .image.mask import Mask
 from .image.psf import FWHM_PER_SIGMA
@@ -128,46 +128,6 @@ def psf_matching_kernel(
     return kernel / total
 
 
-def _node_weights(n_pixels: int, nodes: np.ndarray) -> np.ndarray:
-    """Bilinear (hat) blending weights of ``nodes`` (array coordinates) at pixels 0..n-1, shape (n_nodes, n)."""
-    x = np.arange(n_pixels, dtype=float)
-    if len(nodes) == 1:
-        return np.ones((1, n_pixels))
-    weights = np.empty((len(nodes), n_pixels))
-    for i in range(len(nodes)):
-        w = np.zeros(n_pixels)
-        if i > 0:
-            left = (x >= nodes[i - 1]) & (x <= nodes[i])
-            w[left] = (x[left] - nodes[i - 1]) / (nodes[i] - nodes[i - 1])
-        else:
-            w[x <= nodes[0]] = 1.0
-        if i < len(nodes) - 1:
-            right = (x > nodes[i]) & (x < nodes[i + 1])
-            w[right] = (nodes[i + 1] - x[right]) / (nodes[i + 1] - nodes[i])
-        else:
-            w[x >= nodes[-1]] = 1.0
-        weights[i] = w
-    return weights
-
-
-def _or_dilate(bits: np.ndarray, radius: int) -> np.ndarray:
-    """OR of the int32 mask bits over a (2 radius + 1)^2 square around every pixel (separable)."""
-    if radius <= 0:
-        return bits.copy()
-    out = bits.copy()
-    for axis in (1, 0):
-        src = out.copy()
-        n = src.shape[axis]
-        for s in range(1, min(radius, n - 1) + 1):
-            if axis == 1:
-                out[:, s:] |= src[:, :-s]
-                out[:, :-s] |= src[:, s:]
-            else:
-                out[s:] |= src[:-s]
-                out[:-s] |= src[s:]
-    return out
-
-
 def match_to_model_psf(
     exposure: Exposure,
     target_covariance: Any,
@@ -213,10 +173,8 @@ def match_to_model_psf(
         raise WarpingError("cannot PSF-match an exposure without a PSF.")
     bbox = exposure.bbox
     h, w = bbox.shape
-    nx = max(1, int(math.ceil(w / grid_spacing)))
-    ny = max(1, int(math.ceil(h / grid_spacing)))
-    xnodes = (np.arange(nx) + 0.5) * w / nx - 0.5
-    ynodes = (np.arange(ny) + 0.5) * h / ny - 0.5
+    xnodes = grid_nodes(w, grid_spacing)
+    ynodes = grid_nodes(h, grid_spacing)
     kernels: dict[tuple[int, int], np.ndarray] = {}
     psf_sigma = target_sigma = 0.0
     too_wide = False
@@ -238,53 +196,23 @@ def match_to_model_psf(
     result = Struct(exposure=None, psfTooWide=too_wide, psfSigma=psf_sigma, targetSigma=target_sigma, radius=0)
     if too_wide:
         return result
-    radius = 0
-    for kernel in kernels.values():
-        big = np.abs(kernel) >= flux_radius_threshold * np.abs(kernel).max()
-        yy, xx = np.nonzero(big)
-        radius = max(radius, int(np.max(np.abs(yy - kernel_half_size))), int(np.max(np.abs(xx - kernel_half_size))))
+    radius = max(kernel_radius(kernel, flux_radius_threshold) for kernel in kernels.values())
 
     image = exposure.image.astype(np.float32, copy=True)
     variance = exposure.variance.astype(np.float32, copy=True)
     missing = ~(np.isfinite(image) & np.isfinite(variance))
-    if "NO_DATA" in exposure.mask.planes:
-        missing |= exposure.mask.get_plane("NO_DATA")
+    missing |= exposure.mask.get_plane("NO_DATA", missing_ok=True)
     image[missing] = 0.0
     variance[missing] = 0.0
-    out_image = np.zeros((h, w), dtype=np.float64)
-    out_var = np.zeros((h, w), dtype=np.float64)
-    wx = _node_weights(w, xnodes)
-    wy = _node_weights(h, ynodes)
-    k = kernel_half_size
-    for (j, i), kernel in kernels.items():
-        xs = np.flatnonzero(wx[i] > 0)
-        ys = np.flatnonzero(wy[j] > 0)
-        x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
-        # Convolve the support grown by the kernel half-width, keep the support.
-        gx0, gx1, gy0, gy1 = max(0, x0 - k), min(w, x1 + k), max(0, y0 - k), min(h, y1 + k)
-        conv_i = signal.fftconvolve(image[gy0:gy1, gx0:gx1], kernel.astype(np.float32), mode="same")
-        conv_v = signal.fftconvolve(variance[gy0:gy1, gx0:gx1], (kernel * kernel).astype(np.float32), mode="same")
-        blend = wy[j, y0:y1, None] * wx[i, None, x0:x1]
-        out_image[y0:y1, x0:x1] += blend * conv_i[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0]
-        out_var[y0:y1, x0:x1] += blend * conv_v[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0]
-
-    planes = dict(exposure.mask.planes)
-    mask = Mask(exposure.mask.array.copy(), planes, xy0=bbox.xy0)
-    no_data = np.int32(1 << mask.add_plane("NO_DATA"))
-    bits = mask.array
-    bits[missing] |= no_data
-    bits = _or_dilate(bits, radius)
-    edge = np.zeros((h, w), dtype=bool)
-    if radius:
-        edge[:radius] = edge[-radius:] = True
-        edge[:, :radius] = edge[:, -radius:] = True
-    bits[edge] |= no_data
-    bad = (bits & no_data) != 0
+    out_image, out_var = convolve_on_grid(
+        [image, variance], {node: [k, k * k] for node, k in kernels.items()}, xnodes, ynodes
+    )
+    mask = convolved_mask(exposure.mask, missing, radius)
+    bad = mask.get_plane("NO_DATA")
     out_image[bad] = np.nan
     out_var[bad] = np.nan
     convolved = Exposure(
-        MaskedImage(out_image.astype(np.float32), Mask(bits, planes, xy0=bbox.xy0), out_var.astype(np.float32),
-                    xy0=bbox.xy0),
+        MaskedImage(out_image.astype(np.float32), mask, out_var.astype(np.float32), xy0=bbox.xy0),
         wcs=exposure.wcs,
         psf=None,
         photo_calib=exposure.photo_calib,
@@ -643,10 +571,8 @@ def _remap_bits(mask: Mask, target: Mask) -> np.ndarray:
 
 def _merge_psfs(parts: list[Exposure], source: np.ndarray, bbox: Box2I, spacing: int) -> PcaPsf | None:
     """One PSF for a merged warp: each grid point takes the PSF of the detector that supplied its pixel."""
-    nx = max(1, int(math.ceil(bbox.width / spacing)))
-    ny = max(1, int(math.ceil(bbox.height / spacing)))
-    xs = bbox.x0 - 0.5 + (np.arange(nx) + 0.5) * bbox.width / nx
-    ys = bbox.y0 - 0.5 + (np.arange(ny) + 0.5) * bbox.height / ny
+    xs = bbox.x0 + grid_nodes(bbox.width, spacing)
+    ys = bbox.y0 + grid_nodes(bbox.height, spacing)
     stamps, px, py = [], [], []
     for y in ys:
         for x in xs:

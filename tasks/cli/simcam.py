@@ -2,7 +2,7 @@
 
 ::
 
-    butler simulate-raws sim --visits 4 --seed 42 --band r
+    butler simulate-raws sim --visits 4 --seed 42 --band r --transients-from 2   # visits 0, 1: no transient
     butler register-instrument repo SimCam
     butler ingest-raws repo sim/raw
     butler register-dataset-type repo refcat AstropyFitsTable   # sim/truth/refcat.fits: the reference catalogue
@@ -36,11 +36,14 @@ __all__ = ["commands", "simulate_raws_command"]
               help="Id of the first visit (default 1000 for g, 2000 for r, 3000 for i).")
 @click.option("--sky-frames/--no-sky-frames", default=True, show_default=True,
               help="Add the camera's scaled sky-frame pattern to each visit's sky (offset + gradient only without).")
+@click.option("--transients-from", type=click.IntRange(min=0), default=None,
+              help="Index (0-based) of the first visit in which transients may appear; earlier visits are "
+              "transient-free, e.g. for a template (default 1, or 0 with a single visit).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Print the visits as an astropy table, or as JSON for scripts.")
 def simulate_raws_command(
     outdir: str, n_visits: int, seed: int, band: str, detectors: tuple[str, ...], first_visit: int | None,
-    sky_frames: bool, fmt: str,
+    sky_frames: bool, transients_from: int | None, fmt: str,
 ) -> None:
     """Simulate SimCam raws of the field at RA 150, Dec 2 into OUTDIR (raws in OUTDIR/raw, truth in OUTDIR/truth)."""
     from tasks.instruments.simcam import SimulationError, simulate_raws
@@ -54,7 +57,7 @@ def simulate_raws_command(
     try:
         truth = simulate_raws(
             outdir, n_visits=n_visits, seed=seed, band=band, detectors=detector_ids, first_visit=first_visit,
-            sky_frames=sky_frames, progress=fmt == "table",
+            sky_frames=sky_frames, transients_from=transients_from, progress=fmt == "table",
         )
     except SimulationError as err:
         raise click.BadParameter(str(err)) from None

@@ -11,7 +11,7 @@ from numpy.polynomial import chebyshev
 
 from .geom import Box2I
 
-__all__ = ["SpatialImageStack", "chebyshev_terms", "n_chebyshev_terms", "normalize_to_box"]
+__all__ = ["SpatialImageStack", "chebyshev_terms", "n_chebyshev_terms", "normalize_to_box", "term_orders"]
 
 
 def n_chebyshev_terms(degree: int) -> int:
@@ -19,6 +19,12 @@ def n_chebyshev_terms(degree: int) -> int:
     if degree < 0:
         raise ValueError(f"polynomial degree must be >= 0, got {degree}.")
     return (degree + 1) * (degree + 2) // 2
+
+
+def term_orders(degree: int) -> list[tuple[int, int]]:
+    """The (x order, y order) of each 2-D term of total degree <= ``degree``, in `chebyshev_terms` order."""
+    n_chebyshev_terms(degree)
+    return [(d - j, j) for d in range(degree + 1) for j in range(d + 1)]
 
 
 def normalize_to_box(x: Any, y: Any, bbox: Box2I) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +62,7 @@ def chebyshev_terms(x: Any, y: Any, degree: int, bbox: Box2I) -> np.ndarray:
     # Rows T_0..T_degree evaluated at every point: shape (degree + 1, n_points).
     tx = chebyshev.chebvander(xn.ravel(), degree).T
     ty = chebyshev.chebvander(yn.ravel(), degree).T
-    terms = np.stack([tx[d - j] * ty[j] for d in range(degree + 1) for j in range(d + 1)], axis=0)
+    terms = np.stack([tx[i] * ty[j] for i, j in term_orders(degree)], axis=0)
     return terms.reshape((terms.shape[0],) + shape)
 
 

@@ -158,6 +158,28 @@ class Exposure:
         """A sub-exposure over ``box`` (parent coordinates): a pixel view sharing every component."""
         return Exposure(self.masked_image[box], **self._components())
 
+    def replace(self, masked_image: MaskedImage | None = None, **components: Any) -> Exposure:
+        """A new exposure sharing this one's pixels and components (not copied) except those given.
+
+        Parameters
+        ----------
+        masked_image : `MaskedImage`, optional
+            New pixels (default: this exposure's, shared).
+        **components
+            Constructor keywords to replace: ``wcs``, ``psf``, ``photo_calib``, ``visit_info``, ``detector``,
+            ``filter``, ``metadata``, ``coadd_inputs``.
+
+        Raises
+        ------
+        TypeError
+            For an unknown keyword.
+        """
+        unknown = set(components) - set(self._components())
+        if unknown:
+            raise TypeError(f"Exposure.replace got unknown component(s) {sorted(unknown)}.")
+        return Exposure(self.masked_image if masked_image is None else masked_image,
+                        **{**self._components(), **components})
+
     def copy(self) -> Exposure:
         """A deep copy (pixels, WCS, PSF, metadata and coadd inputs are copied)."""
         components = self._components()

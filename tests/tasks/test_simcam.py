@@ -266,6 +266,32 @@ def test_transients_appear_only_in_their_visits(sim, calexps):
     assert (on.sum() - off.sum()) / row["flux"] == pytest.approx(1.0, abs=0.1)
 
 
+def test_transients_from_keeps_earlier_visits_transient_free(sim, tmp_path):
+    late = simulate_raws(tmp_path / "late", n_visits=5, seed=SEED, detectors=[DETECTOR], transients_from=3)
+    visits = late.visit_ids
+    kinds = np.asarray(late.sources["kind"])
+    in_visit = np.asarray(late.sources["visit"])
+    assert not np.any((kinds == "transient") & np.isin(in_visit, visits[:3]))
+    assert np.all(np.asarray(late.transients["first_visit"]) >= visits[3])
+    assert np.count_nonzero(kinds == "transient") >= 2  # the transients do appear later
+    # the static sky and the visits do not depend on transients_from
+    default = simulate_raws(tmp_path / "default", n_visits=5, seed=SEED, detectors=[DETECTOR])
+    assert np.array_equal(default.transients["ra"], late.transients["ra"])
+    assert np.any(np.asarray(default.transients["first_visit"]) < visits[3])
+    static_late = late.sources[kinds != "transient"]
+    static_default = default.sources[np.asarray(default.sources["kind"]) != "transient"]
+    assert np.array_equal(static_late["flux"], static_default["flux"])
+
+
+def test_transients_from_out_of_range_is_rejected(tmp_path):
+    for bad in (-1, 2):
+        with pytest.raises(SimulationError, match=r"transients_from .* 0\.\.1"):
+            simulate_raws(tmp_path, n_visits=2, seed=0, detectors=[0], transients_from=bad)
+    args = ["simulate-raws", str(tmp_path / "cli"), "--visits", "1", "--detectors", "0", "--transients-from", "1"]
+    result = CliRunner().invoke(butler_cli, args)
+    assert result.exit_code == 2 and "transients_from" in result.output
+
+
 def test_variable_star_flux_changes_between_visits_as_truth(sim, calexps):
     rows = sim.sources[(sim.sources["kind"] == "variable") & (sim.sources["detector"] == DETECTOR)]
     assert len(rows) == 2

@@ -21,7 +21,9 @@ file                      content
 Besides about 10000 stars and 40000 galaxies per square degree, every detector gets, near its centre, one
 bright saturating star (r = 13-14.5), one variable star (r = 17-19.5, sinusoidal light curve with a
 period of 7-72 minutes and a 20-50% amplitude) and two transients (r = 19-21.5; one isolated, one 0.3-1.5
-arcsec from a galaxy).
+arcsec from a galaxy).  Each transient is present in a run of consecutive visits starting no earlier than
+the visit of index ``transients_from`` (default: the second visit, or the only one), so the first visits can
+serve as transient-free templates.
 
 The image model, in electrons, is
 
@@ -277,10 +279,13 @@ def _footprint_positions(rng: np.random.Generator, half: float) -> tuple[np.ndar
     return radec[:, 0], radec[:, 1]
 
 
-def _make_transients(seed: int, band: str, objects: Table, n_visits: int, first_visit: int) -> Table:
+def _make_transients(
+    seed: int, band: str, objects: Table, n_visits: int, first_visit: int, transients_from: int
+) -> Table:
     """Transients: per detector, one isolated and one 0.3-1.5 arcsec from a galaxy (r < 23.5), both
     within 200 pixels of the detector centre (so dithers keep them on it).  Each is present in a run of
-    consecutive visits that never includes the first visit when there are two or more."""
+    consecutive visits that starts at visit index ``transients_from`` or later (0-based,
+    ``0 <= transients_from < n_visits``)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
     iso_ra, iso_dec = _footprint_positions(rng, 200.0)
     galaxies = objects[(objects["kind"] == "galaxy") & (objects["mag_r"] < 23.5)]
@@ -300,7 +305,7 @@ def _make_transients(seed: int, band: str, objects: Table, n_visits: int, first_
     mag = rng.uniform(19.0, 21.5, n)
     gr = rng.uniform(-0.2, 0.5, n)
     wrng = np.random.default_rng(np.random.SeedSequence([int(seed), 4, _BAND_INDEX[band], int(n_visits)]))
-    start = wrng.integers(1 if n_visits > 1 else 0, n_visits, n)
+    start = wrng.integers(transients_from, n_visits, n)
     stop = np.minimum(start + wrng.integers(0, n_visits, n), n_visits - 1)
     table = Table()
     table["id"] = np.arange(10_000_001, 10_000_001 + n, dtype=np.int64)
@@ -793,6 +798,7 @@ def simulate_raws(
     detectors: Sequence[int] | None = None,
     first_visit: int | None = None,
     sky_frames: bool = True,
+    transients_from: int | None = None,
     progress: bool = False,
 ) -> SimulationTruth:
     """Simulate SimCam raws of the field at RA 150, Dec 2 and write them with their truth.
@@ -815,6 +821,10 @@ def simulate_raws(
     sky_frames : `bool`, optional
         Add each visit's scaled sky-frame pattern to the sky (default).  Without it the sky of a visit is
         exactly an offset and a focal-plane gradient; every other visit parameter stays the same.
+    transients_from : `int`, optional
+        Index (0-based, ``0 <= transients_from < n_visits``) of the first visit in which transients may
+        appear; the visits before it have no transient (e.g. to build a template from them).  Default: 1
+        when there are two or more visits, else 0.  Every other random choice is independent of it.
     progress : `bool`, optional
         Show a progress bar on standard error.
 
@@ -826,7 +836,7 @@ def simulate_raws(
     Raises
     ------
     SimulationError
-        If ``band``, ``n_visits``, ``seed``, ``first_visit`` or ``detectors`` is invalid.
+        If ``band``, ``n_visits``, ``seed``, ``first_visit``, ``transients_from`` or ``detectors`` is invalid.
     """
     if band not in _BAND_INDEX:
         raise SimulationError(f"unknown SimCam band {band!r}; choose one of {', '.join(BANDS)}.")
@@ -834,6 +844,13 @@ def simulate_raws(
         raise SimulationError(f"n_visits must be at least 1, got {n_visits}.")
     if int(seed) < 0:
         raise SimulationError(f"seed must be a non-negative integer, got {seed}.")
+    if transients_from is None:
+        transients_from = 1 if n_visits > 1 else 0
+    if not 0 <= int(transients_from) < int(n_visits):
+        raise SimulationError(
+            f"transients_from is the index of the first visit with transients and must lie in 0..{int(n_visits) - 1} "
+            f"for {n_visits} visit(s), got {transients_from}."
+        )
     camera = _camera()
     detector_ids = camera.ids if detectors is None else sorted({int(d) for d in detectors})
     unknown = [d for d in detector_ids if d not in camera]
@@ -846,7 +863,7 @@ def simulate_raws(
     root = Path(out_dir)
     (root / "raw").mkdir(parents=True, exist_ok=True)
     objects = make_catalog(seed)
-    transients = _make_transients(seed, band, objects, n_visits, first)
+    transients = _make_transients(seed, band, objects, n_visits, first, int(transients_from))
     visits = _visit_table(seed, band, n_visits, first, sky_frames)
     source_rows: list[dict[str, Any]] = []
     cr_rows: list[dict[str, Any]] = []

@@ -1,0 +1,746 @@
+"""PSF-matched image subtraction: `AlardLuptonSubtractTask`, with the decorrelation afterburner.
+
+For one ``(visit, detector)`` the task subtracts a template (``GetTemplateTask``'s coadd warped onto the
+detector, in nJy) from the science exposure (``calexp``, in counts), following
+``lsst.ip.diffim.subtractImages.AlardLuptonSubtractTask``:
+
+1. select kernel sources from the science ``src`` catalogue (isolated, unflagged, ``psfFlux`` S/N above
+   ``kernelSourceSignalToNoiseMin``);
+2. choose which image to convolve (``mode``): the template (``convolveTemplate``), the science image
+   (``convolveScience``) or, with ``auto``, whichever has the narrower PSF, so the kernel never deconvolves;
+3. solve for the spatially varying Alard & Lupton (1998) PSF-matching kernel (`MakeKernelTask`) and convolve
+   the chosen image with it (`tasks.image.convolve_masked_image`: one FFT per spatial term of the kernel);
+4. subtract: ``D = S - K (x) T - b`` (convolveTemplate) or ``D = (K (x) S + b - T) / k`` (convolveScience, ``k``
+   the kernel sum, so ``D`` stays in the science image's counts);  the variance planes add, the convolved one
+   convolved with ``K^2``;
+5. `finalize`: merge the template's mask planes (`updateMasks`) and remove the noise correlations the
+   convolution introduced (`decorrelation_kernel`, Reiss & Lupton 2016, arXiv:1609.04370 -- the ZOGY-style
+   "afterburner"), constant or on a grid of positions (``spatiallyVaryingDecorrelation``).
+
+The difference is in the science image's units with its `PhotoCalib`; its PSF is the science PSF
+(convolveTemplate) or the template PSF (convolveScience).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from graph import (
+    ConfigurableField,
+    Field,
+    Input,
+    Output,
+    PipelineTask,
+    PipelineTaskConfig,
+    PipelineTaskConnections,
+    Struct,
+    timeMethod,
+)
+from graph.errors import NoWorkFound
+
+from .errors import PsfMatchingError
+from .image import Exposure, Kernel, Mask, MaskedImage
+from .image.convolve import (
+    convolve_masked_image,
+    convolve_on_grid,
+    convolved_mask,
+    grid_nodes,
+    kernel_radius,
+    node_weights,
+)
+from .psf_match import MakeKernelTask
+from .visit_summary import visit_photo_calib
+
+__all__ = [
+    "AlardLuptonSubtractConfig",
+    "AlardLuptonSubtractConnections",
+    "AlardLuptonSubtractTask",
+    "decorrelation_kernel",
+    "difference_footprint_ratio",
+    "template_coverage",
+]
+
+_DIMENSIONS = ("instrument", "visit", "detector")
+_MODES = ("convolveTemplate", "convolveScience", "auto")
+
+
+class AlardLuptonSubtractConnections(PipelineTaskConnections, dimensions=_DIMENSIONS):
+    template = Input(
+        name="template",
+        storageClass="ExposureF",
+        dimensions=_DIMENSIONS,
+        doc="Template warped onto the science exposure's pixels (GetTemplateTask) [nJy].",
+    )
+    science = Input(
+        name="calexp",
+        storageClass="ExposureF",
+        dimensions=_DIMENSIONS,
+        doc="Science exposure to subtract the template from (background-subtracted, calibrated).",
+    )
+    sources = Input(
+        name="src",
+        storageClass="ArrowAstropy",
+        dimensions=_DIMENSIONS,
+        doc="Sources measured on the science exposure; the kernel sources are selected from them.",
+    )
+    difference = Output(
+        name="difference",
+        storageClass="ExposureF",
+        dimensions=_DIMENSIONS,
+        doc="Decorrelated difference image, science minus template [science counts].",
+    )
+    matchedTemplate = Output(  # noqa: N815 - the LSST stack's name
+        name="matchedTemplate",
+        storageClass="ExposureF",
+        dimensions=_DIMENSIONS,
+        doc="The template as subtracted: PSF-matched (convolveTemplate) or scaled to science counts.",
+    )
+    psfMatchingKernel = Output(  # noqa: N815
+        name="psfMatchingKernel",
+        storageClass="MatchingKernel",
+        dimensions=_DIMENSIONS,
+        doc="The spatially varying PSF-matching kernel.",
+    )
+    kernelSources = Output(  # noqa: N815
+        name="kernelSources",
+        storageClass="ArrowAstropy",
+        dimensions=_DIMENSIONS,
+        doc="The stars that constrained the PSF-matching kernel, with their kernel sums and residuals.",
+    )
+
+
+class AlardLuptonSubtractConfig(PipelineTaskConfig, pipelineConnections=AlardLuptonSubtractConnections):
+    """Configuration of `AlardLuptonSubtractTask` (names as in ``lsst.ip.diffim`` where it has them)."""
+
+    mode: str = Field(
+        "auto",
+        description="Image to convolve: 'convolveTemplate', 'convolveScience', or 'auto' (the one with the "
+        "narrower PSF, so the kernel never deconvolves; the LSST stack defaults to convolveTemplate).",
+    )
+    makeKernel: MakeKernelTask.ConfigClass = ConfigurableField(  # noqa: N815
+        target=MakeKernelTask, doc="Solve for the PSF-matching kernel."
+    )
+    doDecorrelation: bool = Field(  # noqa: N815
+        True, description="Remove the noise correlations of the convolution (Reiss & Lupton 2016)."
+    )
+    spatiallyVaryingDecorrelation: bool = Field(  # noqa: N815
+        False,
+        description="Compute the decorrelation kernel on a grid (decorrelationGridSpacing) from the local "
+        "kernel and variances, instead of once for the whole image.",
+    )
+    decorrelationGridSpacing: int = Field(  # noqa: N815
+        512, ge=32, description="Spacing [pixels] of the grid of spatially varying decorrelation kernels."
+    )
+    requiredTemplateFraction: float = Field(  # noqa: N815
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Minimum fraction of the science pixels the template must cover (else NoWorkFound).",
+    )
+    minTemplateFractionForExpectedSuccess: float = Field(  # noqa: N815
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="When the kernel cannot be solved and the template covers less than this fraction, the "
+        "quantum ends with NoWorkFound instead of an error.",
+    )
+    kernelSourceSignalToNoiseMin: float = Field(  # noqa: N815
+        10.0, gt=0, description="Minimum psfFlux / psfFluxErr of a kernel source."
+    )
+    kernelSourceSignalToNoiseMax: float | None = Field(  # noqa: N815
+        None, description="Maximum psfFlux / psfFluxErr of a kernel source (None: no limit)."
+    )
+    badSourceFlags: list[str] = Field(  # noqa: N815
+        default_factory=lambda: [
+            "flag_edge", "flag_saturated", "flag_bad", "flag_interpolated", "flag_cr", "centroid_flag",
+            "psfFlux_flag",
+        ],
+        description="Source flags (boolean columns of src) that exclude a kernel source; absent ones are ignored.",
+    )
+    requireIsolatedKernelSources: bool = Field(  # noqa: N815
+        True, description="Only sources that are not deblended (parent == 0 and no children) are kernel sources."
+    )
+    maxKernelSources: int = Field(  # noqa: N815
+        1000, ge=1, description="At most this many kernel sources (the highest S/N ones)."
+    )
+    minKernelSources: int = Field(  # noqa: N815
+        3, ge=1, description="Fewer selected kernel sources than this is an error."
+    )
+    preserveTemplateMask: list[str] = Field(  # noqa: N815
+        default_factory=lambda: ["NO_DATA", "BAD"],
+        description="Mask planes of the (matched) template ORed into the difference under the same name.",
+    )
+    renameTemplateMask: list[str] = Field(  # noqa: N815
+        default_factory=lambda: ["SAT", "INJECTED", "INJECTED_CORE"],
+        description="Mask planes of the (matched) template ORed into the difference as '<PLANE>_TEMPLATE'.",
+    )
+    varianceMaskPlanes: list[str] = Field(  # noqa: N815
+        default_factory=lambda: ["NO_DATA", "BAD", "SAT", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "CR"],
+        description="Pixels excluded from the mean variances of the decorrelation and the sky statistics.",
+    )
+
+    def validate(self) -> None:  # type: ignore[override]
+        super().validate()
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {self.mode!r}.")
+
+
+# Decorrelation -----------------------------------------------------------------------------------------------
+
+
+def decorrelation_kernel(
+    matching_kernel: np.ndarray,
+    unconvolved_variance: float,
+    convolved_variance: float,
+    *,
+    preconvolution_kernel: np.ndarray | None = None,
+    size: int | None = None,
+) -> np.ndarray:
+    """The kernel that whitens the noise of a difference of two images one of which was convolved.
+
+    For ``D = P (x) U - K (x) C`` with ``U`` and ``C`` white noise of variances ``u`` and ``c`` (and ``P`` an
+    optional normalised pre-convolution of ``U``), the noise power of ``D`` is ``u |P^(k)|^2 + c |K^(k)|^2``.
+    Convolving ``D`` with ``phi`` of Fourier transform
+
+        ``phi^(k) = sqrt((u + c kappa^2) / (u |P^(k)|^2 + c |K^(k)|^2))``,   ``kappa = K^(0)`` (the kernel sum),
+
+    makes it white with variance ``u + c kappa^2``, and leaves the flux of a point source unchanged
+    (``phi^(0) = 1``).  Reiss & Lupton (2016, arXiv:1609.04370, eq. 4); for convolveScience, ``U`` is the
+    template and ``C`` the science image (their difference divided by ``kappa`` does not change ``phi``).
+
+    Parameters
+    ----------
+    matching_kernel : `numpy.ndarray`, shape (h, w), odd
+        The PSF-matching kernel ``K`` (not normalised: its sum is ``kappa``).
+    unconvolved_variance, convolved_variance : `float`
+        Mean per-pixel variances ``u`` and ``c`` of the two images (each in its own units) [> 0].
+    preconvolution_kernel : `numpy.ndarray`, optional, shape odd
+        ``P``, normalised to unit sum (None: no pre-convolution).
+    size : `int`, optional
+        Side of the returned kernel (odd); default ``2 * max(h, w) + 1``.
+
+    Returns
+    -------
+    phi : `numpy.ndarray`, shape (size, size), float64
+        Centred, unit sum.
+
+    Raises
+    ------
+    ValueError
+        If a variance is not positive or ``size`` is not odd.
+    """
+    if not (unconvolved_variance > 0 and convolved_variance > 0):
+        raise ValueError(
+            f"the decorrelation needs positive variances, got {unconvolved_variance} and {convolved_variance}."
+        )
+    k = np.asarray(matching_kernel, dtype=np.float64)
+    size = int(size) if size is not None else 2 * max(k.shape) + 1
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"the decorrelation kernel size must be odd and positive, got {size}.")
+    n = sp_fft.next_fast_len(2 * max(size, *k.shape, *(() if preconvolution_kernel is None else np.shape(
+        preconvolution_kernel))))
+
+    def transform(image: np.ndarray) -> np.ndarray:
+        padded = np.zeros((n, n))
+        h, w = image.shape
+        padded[: h, : w] = image
+        padded = np.roll(padded, (-(h // 2), -(w // 2)), axis=(0, 1))  # centre on pixel (0, 0)
+        return sp_fft.fft2(padded)
+
+    k_ft = transform(k)
+    kappa = float(k.sum())
+    u, c = float(unconvolved_variance), float(convolved_variance)
+    p_power = 1.0 if preconvolution_kernel is None else np.abs(transform(np.asarray(preconvolution_kernel, float))) ** 2
+    phi_ft = np.sqrt((u + c * kappa**2) / (u * p_power + c * np.abs(k_ft) ** 2))
+    phi = np.roll(sp_fft.ifft2(phi_ft).real, (size // 2, size // 2), axis=(0, 1))[:size, :size]
+    return phi / phi.sum()
+
+
+# Metrics ------------------------------------------------------------------------------------------------------
+
+
+def template_coverage(template: Exposure) -> float:
+    """Fraction of the template's pixels that hold data (finite and not ``NO_DATA``)."""
+    good = np.isfinite(template.image) & ~template.mask.get_plane("NO_DATA", missing_ok=True)
+    return float(good.mean()) if good.size else 0.0
+
+
+def difference_footprint_ratio(
+    science: Exposure, difference: Exposure, x: np.ndarray, y: np.ndarray, *, bad_mask_planes: Sequence[str]
+) -> tuple[float, float]:
+    """Mean and standard deviation over stars of the residual flux left in the difference image.
+
+    For each star (parent position ``x, y``) the footprint is the connected ``DETECTED`` region of the
+    science mask containing it; the ratio is ``(sum |D| - n mean_sky |D|) / sum S`` over the footprint's
+    ``n`` pixels, with ``mean_sky |D|`` the mean absolute difference over pixels detected nowhere (the noise
+    expectation), as ``lsst.ip.diffim.utils.computeDifferenceImageMetrics`` defines
+    ``differenceFootprintRatioMean``.  0 for a perfect subtraction, 1 when nothing was subtracted.
+
+    Returns
+    -------
+    mean, stdev : `float`
+        NaN when no star has a usable footprint.
+    """
+    detected = science.mask.get_plane("DETECTED", missing_ok=True)
+    bad = difference.mask.get_plane(bad_mask_planes, missing_ok=True) | ~np.isfinite(difference.image)
+    sky = ~(detected | bad | difference.mask.get_plane(["DETECTED", "DETECTED_NEGATIVE"], missing_ok=True))
+    abs_diff = np.abs(np.where(bad, 0.0, difference.image))
+    if not sky.any() or not detected.any():
+        return math.nan, math.nan
+    sky_level = float(abs_diff[sky].mean())
+    labels, n_labels = ndimage.label(detected, structure=np.ones((3, 3), bool))
+    x0, y0 = science.xy0
+    ix = np.round(np.asarray(x, float) - x0).astype(int)
+    iy = np.round(np.asarray(y, float) - y0).astype(int)
+    inside = (ix >= 0) & (iy >= 0) & (ix < labels.shape[1]) & (iy < labels.shape[0])
+    ids = np.unique(labels[iy[inside], ix[inside]])
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return math.nan, math.nan
+    index = np.arange(n_labels + 1)
+    usable = ~bad
+    sum_diff = ndimage.sum_labels(abs_diff * usable, labels, index)[ids]
+    npix = ndimage.sum_labels(usable, labels, index)[ids]
+    sum_sci = ndimage.sum_labels(np.where(usable, science.image, 0.0), labels, index)[ids]
+    ok = sum_sci > 0
+    if not ok.any():
+        return math.nan, math.nan
+    ratio = (sum_diff[ok] - npix[ok] * sky_level) / sum_sci[ok]
+    return float(np.mean(ratio)), float(np.std(ratio))
+
+
+def _robust_variance(variance: np.ndarray, exclude: np.ndarray) -> float:
+    good = ~exclude & np.isfinite(variance) & (variance > 0)
+    return float(np.median(variance[good])) if good.any() else math.nan
+
+
+def _remap_planes(source: Mask, target: Mask, planes: Sequence[str], suffix: str = "") -> None:
+    """OR the named planes of ``source`` (absent ones skipped) into ``target`` as ``<plane><suffix>``."""
+    for name in planes:
+        if name not in source.planes:
+            continue
+        bit = np.int32(1 << target.add_plane(name + suffix))
+        target.array[source.get_plane(name)] |= bit
+
+
+# The task -------------------------------------------------------------------------------------------------------
+
+
+class AlardLuptonSubtractTask(PipelineTask):
+    """Subtract a template from a science exposure by Alard & Lupton PSF matching (see the module docstring).
+
+    Metadata: ``mode`` (the convolution used), ``templateCoverageFraction``, ``sciencePsfSize`` and
+    ``templatePsfSize`` (FWHM at the centre [pixels]), ``nKernelSourcesSelected``, ``kernelSum`` (at the image
+    centre), ``decorrelationKernelSize``, ``differenceFootprintRatioMean`` and ``differenceFootprintRatioStdev``
+    (`difference_footprint_ratio` over the kernel sources), ``differenceNoiseRatio`` (robust standard deviation
+    of the difference over sky pixels / sqrt(median variance)); the kernel solution's metadata is under
+    ``makeKernel``.
+    """
+
+    ConfigClass = AlardLuptonSubtractConfig
+    _DefaultName = "subtractImages"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.makeSubtask("makeKernel")
+
+    def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:  # noqa: N802,N803
+        inputs = butlerQC.get(inputRefs)
+        butlerQC.put(self.run(inputs["template"], inputs["science"], inputs["sources"]), outputRefs)
+
+    @timeMethod
+    def run(
+        self,
+        template: Exposure,
+        science: Exposure,
+        sources: Table,
+        finalizedPsfApCorrCatalog: Table | None = None,  # noqa: N803 - the LSST stack's names
+        visitSummary: Table | None = None,  # noqa: N803
+    ) -> Struct:
+        """PSF match, subtract, and decorrelate two images.
+
+        Parameters
+        ----------
+        template : `Exposure`
+            Template on the science exposure's pixel grid (its bbox contains the science bbox) [nJy].
+        science : `Exposure`
+            Background-subtracted science exposure [counts] with a PSF.  Not modified.
+        sources : `astropy.table.Table`
+            Sources measured on the science exposure (``centroid_x``, ``centroid_y``, ``psfFlux``,
+            ``psfFluxErr`` and flag columns): the candidates for the kernel sources.
+        finalizedPsfApCorrCatalog : `astropy.table.Table`, optional
+            Deprecated name of ``visitSummary`` (used instead of it when given).
+        visitSummary : `astropy.table.Table`, optional
+            ``ConsolidateVisitSummaryTask`` output: its visit calibration replaces the science PhotoCalib.
+
+        Returns
+        -------
+        results : `Struct`
+            ``difference`` (`Exposure`, decorrelated unless ``doDecorrelation`` is off), ``matchedTemplate``
+            (`Exposure`), ``backgroundModel`` (the differential background fitted with the kernel),
+            ``psfMatchingKernel`` (`LinearCombinationKernel`), ``kernelSources`` (`astropy.table.Table`).
+
+        Raises
+        ------
+        PsfMatchingError
+            (a `RuntimeError`) If the mode is unsupported, the template does not contain the science bbox, the
+            exposures lack PSFs, or there are too few kernel sources.
+        NoWorkFound
+            If the template covers less than ``requiredTemplateFraction`` of the science pixels (or less than
+            ``minTemplateFractionForExpectedSuccess`` and the kernel cannot be solved).
+        """
+        config = self.config
+        if config.mode not in _MODES:
+            raise PsfMatchingError(f"unsupported convolution mode {config.mode!r}; use one of {', '.join(_MODES)}.")
+        calibrations = finalizedPsfApCorrCatalog if finalizedPsfApCorrCatalog is not None else visitSummary
+        if calibrations is not None:
+            science = science.replace(photo_calib=visit_photo_calib(calibrations))
+        if not template.bbox.contains(science.bbox):
+            raise PsfMatchingError(
+                f"the template {template.bbox} does not contain the science exposure {science.bbox}; warp the "
+                "template onto the science pixels (GetTemplateTask) first."
+            )
+        template = template[science.bbox]
+        if template.psf is None or science.psf is None:
+            raise PsfMatchingError("PSF matching needs PSF models on both the template and the science exposure.")
+        coverage = template_coverage(template)
+        self.metadata["templateCoverageFraction"] = coverage
+        if coverage < config.requiredTemplateFraction:
+            raise NoWorkFound(
+                f"the template covers {100 * coverage:.1f}% of the science pixels, less than the "
+                f"requiredTemplateFraction of {100 * config.requiredTemplateFraction:.1f}%."
+            )
+        cx, cy = science.bbox.center
+        science_fwhm = science.psf.fwhm(cx, cy)
+        template_fwhm = template.psf.fwhm(cx, cy)
+        self.metadata["sciencePsfSize"] = science_fwhm
+        self.metadata["templatePsfSize"] = template_fwhm
+        selected = self._sourceSelector(sources, science)
+        mode = config.mode
+        if mode == "auto":
+            mode = "convolveTemplate" if template_fwhm <= science_fwhm else "convolveScience"
+        self.metadata["mode"] = mode
+        self.log.info(
+            "%s: science PSF FWHM %.2f px, template %.2f px, %d kernel sources, template coverage %.1f%%",
+            mode, science_fwhm, template_fwhm, len(selected), 100 * coverage,
+        )
+        try:
+            if mode == "convolveTemplate":
+                results = self.runConvolveTemplate(template, science, selected)
+            else:
+                results = self.runConvolveScience(template, science, selected)
+        except PsfMatchingError as error:
+            if coverage < config.minTemplateFractionForExpectedSuccess:
+                raise NoWorkFound(
+                    f"the template covers only {100 * coverage:.1f}% of the science pixels and the kernel "
+                    f"failed: {error}"
+                ) from error
+            raise
+        used = results.kernelSources
+        ratio_mean, ratio_std = difference_footprint_ratio(
+            science, results.difference, np.asarray(used["centroid_x"]), np.asarray(used["centroid_y"]),
+            bad_mask_planes=config.varianceMaskPlanes,
+        )
+        self.metadata["differenceFootprintRatioMean"] = ratio_mean
+        self.metadata["differenceFootprintRatioStdev"] = ratio_std
+        self.metadata["differenceNoiseRatio"] = self._noise_ratio(results.difference, science)
+        self.log.info(
+            "Residual flux at kernel stars: mean %.4f, stdev %.4f; difference noise / sqrt(variance) %.3f",
+            ratio_mean, ratio_std, self.metadata["differenceNoiseRatio"],
+        )
+        return results
+
+    def runConvolveTemplate(self, template: Exposure, science: Exposure, selectSources: Table) -> Struct:  # noqa: N802,N803
+        """Convolve the template with a PSF-matching kernel and subtract it from the science image.
+
+        Parameters
+        ----------
+        template : `Exposure`
+            Template on the science pixel grid (same bbox) [nJy].
+        science : `Exposure`
+            Science exposure [counts].
+        selectSources : `astropy.table.Table`
+            Kernel sources (`_sourceSelector` output).
+
+        Returns
+        -------
+        results : `Struct`
+            ``difference`` (finalized, `finalize`), ``matchedTemplate`` (the convolved template: science PSF,
+            science PhotoCalib, counts), ``backgroundModel``, ``psfMatchingKernel``, ``kernelSources``.
+        """
+        solution = self.makeKernel.run(template, science, selectSources)
+        kernel = solution.psfMatchingKernel
+        with self.timer("convolve"):
+            convolved = convolve_masked_image(template.masked_image, kernel).masked_image
+        matched = template.replace(convolved, psf=science.psf, photo_calib=science.photo_calib)
+        background = solution.backgroundModel.get_image(science.bbox)
+        image = science.image - convolved.image - background
+        variance = science.variance + convolved.variance
+        difference = science.replace(
+            MaskedImage(image.astype(np.float32), science.mask.copy(), variance.astype(np.float32), xy0=science.xy0)
+        )
+        self._set_kernel_metadata(kernel, science)
+        difference = self.finalize(template, science, difference, kernel, templateMatched=True,
+                                   matchedTemplate=matched)
+        return Struct(
+            difference=difference,
+            matchedTemplate=matched,
+            backgroundModel=solution.backgroundModel,
+            psfMatchingKernel=kernel,
+            kernelSources=solution.kernelSources,
+        )
+
+    def runConvolveScience(self, template: Exposure, science: Exposure, selectSources: Table) -> Struct:  # noqa: N802,N803
+        """Convolve the science image with a PSF-matching kernel and subtract the template from it.
+
+        The kernel matches the science PSF to the template's (``K (x) S ~ T``); the difference
+        ``(K (x) S + b - T) / k`` is divided by the kernel sum ``k`` to stay in science counts.
+
+        Parameters
+        ----------
+        template, science, selectSources
+            As for `runConvolveTemplate`.
+
+        Returns
+        -------
+        results : `Struct`
+            As `runConvolveTemplate`; ``matchedTemplate`` is the template divided by the kernel sum (science
+            counts, template PSF, not convolved) and the difference has the template's PSF.
+        """
+        solution = self.makeKernel.run(science, template, selectSources)
+        kernel = solution.psfMatchingKernel
+        cx, cy = science.bbox.center
+        kappa = float(kernel.kernel_sum(cx, cy))
+        with self.timer("convolve"):
+            convolved = convolve_masked_image(science.masked_image, kernel).masked_image
+        background = solution.backgroundModel.get_image(science.bbox)
+        matched = template.replace(
+            MaskedImage((template.image / kappa).astype(np.float32), template.mask.copy(),
+                        (template.variance / kappa**2).astype(np.float32), xy0=template.xy0),
+            photo_calib=science.photo_calib,
+        )
+        image = (convolved.image + background) / kappa - matched.image
+        variance = convolved.variance / kappa**2 + matched.variance
+        difference = science.replace(
+            MaskedImage(image.astype(np.float32), convolved.mask, variance.astype(np.float32), xy0=science.xy0),
+            psf=template.psf,
+        )
+        self._set_kernel_metadata(kernel, science)
+        difference = self.finalize(template, science, difference, kernel, templateMatched=False,
+                                   matchedTemplate=matched)
+        return Struct(
+            difference=difference,
+            matchedTemplate=matched,
+            backgroundModel=solution.backgroundModel,
+            psfMatchingKernel=kernel,
+            kernelSources=solution.kernelSources,
+        )
+
+    def finalize(
+        self,
+        template: Exposure,
+        science: Exposure,
+        difference: Exposure,
+        kernel: Kernel,
+        templateMatched: bool = True,  # noqa: N803 - the LSST stack's names
+        preConvMode: bool = False,  # noqa: N803
+        preConvKernel: Any = None,  # noqa: N803
+        spatiallyVarying: bool | None = None,  # noqa: N803
+        *,
+        matchedTemplate: Exposure | None = None,  # noqa: N803
+    ) -> Exposure:
+        """Decorrelate the difference image to undo the noise correlations caused by convolution.
+
+        Parameters
+        ----------
+        template : `Exposure`
+            Template on the science pixel grid, as given to the subtraction (not convolved) [nJy].
+        science : `Exposure`
+            Science exposure (not convolved) [counts].
+        difference : `Exposure`
+            Result of subtracting template and science (``runConvolveTemplate`` / ``runConvolveScience``).
+        kernel : `Kernel`
+            The (optionally spatially varying) PSF-matching kernel.
+        templateMatched : `bool`, optional
+            Was the template PSF-matched to the science image (True) or the science image to the template?
+        preConvMode : `bool`, optional
+            Was the science image pre-convolved with its own PSF before PSF matching the template?
+        preConvKernel : `numpy.ndarray` or `Psf`, optional
+            The pre-convolution kernel (normalised to unit sum); with ``preConvMode`` and None, the science PSF
+            at the image centre.
+        spatiallyVarying : `bool`, optional
+            Compute the decorrelation kernel on a grid; default ``config.spatiallyVaryingDecorrelation``.
+        matchedTemplate : `Exposure`, optional
+            The template as subtracted: its mask planes are merged into the difference (`updateMasks`).
+
+        Returns
+        -------
+        correctedExposure : `Exposure`
+            The decorrelated difference (or ``difference`` with merged masks when ``doDecorrelation`` is off),
+            with the variance plane of white noise: ``var_S + k^2 var_T`` (templateMatched) or
+            ``var_S + var_T / k^2``, ``k`` the kernel sum.
+        """
+        self.updateMasks(matchedTemplate if matchedTemplate is not None else template, science, difference)
+        if not self.config.doDecorrelation:
+            return difference
+        config = self.config
+        spatially_varying = config.spatiallyVaryingDecorrelation if spatiallyVarying is None else spatiallyVarying
+        preconv = None
+        if preConvMode:
+            if preConvKernel is None:
+                preConvKernel = science.psf  # noqa: N806
+            preconv = (
+                preConvKernel.compute_kernel_image(*science.bbox.center)
+                if hasattr(preConvKernel, "compute_kernel_image") else np.asarray(preConvKernel, dtype=float)
+            )
+            preconv = preconv / preconv.sum()
+        exclude_s = science.mask.get_plane(config.varianceMaskPlanes, missing_ok=True)
+        exclude_t = template.mask.get_plane(config.varianceMaskPlanes, missing_ok=True) | exclude_s
+        # U: the image that was not convolved by K; C: the one that was.
+        if templateMatched:
+            u_image, c_image = science, template
+        else:
+            u_image, c_image = template, science
+        exclude_u, exclude_c = (exclude_s, exclude_t) if templateMatched else (exclude_t, exclude_s)
+
+        with self.timer("decorrelate"):
+            bbox = difference.bbox
+            h, w = bbox.shape
+            if spatially_varying:
+                xnodes = grid_nodes(w, config.decorrelationGridSpacing)
+                ynodes = grid_nodes(h, config.decorrelationGridSpacing)
+            else:
+                xnodes, ynodes = np.array([(w - 1) / 2.0]), np.array([(h - 1) / 2.0])
+            wx, wy = node_weights(w, xnodes), node_weights(h, ynodes)
+            kernels: dict[tuple[int, int], list[np.ndarray]] = {}
+            for j, yn in enumerate(ynodes):
+                rows = wy[j] > 0
+                for i, xn in enumerate(xnodes):
+                    cols = wx[i] > 0
+                    cell = np.ix_(rows, cols)
+                    u = _robust_variance(u_image.variance[cell], exclude_u[cell])
+                    c = _robust_variance(c_image.variance[cell], exclude_c[cell])
+                    if not (u > 0 and c > 0):
+                        continue
+                    matching = kernel.compute_image(xn + bbox.x0, yn + bbox.y0)
+                    kernels[(j, i)] = [decorrelation_kernel(matching, u, c, preconvolution_kernel=preconv)]
+            if not kernels:
+                raise PsfMatchingError("cannot decorrelate: no region has a positive variance in both images.")
+            image = np.array(difference.image, dtype=np.float32)
+            missing = ~np.isfinite(image) | difference.mask.get_plane("NO_DATA", missing_ok=True)
+            image[missing] = 0.0
+            if len(kernels) == 1:
+                (phi,) = next(iter(kernels.values()))
+                (out,) = convolve_on_grid([image], {(0, 0): [phi]}, np.array([xnodes.mean()]), np.array([ynodes.mean()]))
+            else:
+                (out,) = convolve_on_grid([image], kernels, xnodes, ynodes)
+            radius = max(kernel_radius(k[0]) for k in kernels.values())
+            mask = convolved_mask(difference.mask, missing, radius)
+            kappa = float(kernel.kernel_sum(*bbox.center))
+            factor = kappa**2 if templateMatched else 1.0 / kappa**2
+            variance = science.variance.astype(np.float64) + factor * template.variance.astype(np.float64)
+            bad = mask.get_plane("NO_DATA")
+            out[bad] = np.nan
+            variance[bad] = np.nan
+        self.metadata["decorrelationKernelSize"] = int(next(iter(kernels.values()))[0].shape[0])
+        return difference.replace(
+            MaskedImage(out.astype(np.float32), mask, variance.astype(np.float32), xy0=bbox.xy0)
+        )
+
+    def updateMasks(self, template: Exposure, science: Exposure, difference: Exposure) -> None:  # noqa: N802
+        """Update the mask planes of the difference image for finalizing (in place).
+
+        The science image's ``DETECTED`` and ``DETECTED_NEGATIVE`` planes are cleared (they describe the science
+        image; DIA detection sets its own).  The template's ``preserveTemplateMask`` planes are ORed into the
+        planes of the same name, its ``renameTemplateMask`` planes into ``<PLANE>_TEMPLATE``.
+
+        Parameters
+        ----------
+        template : `Exposure`
+            The template as subtracted (its mask is read).
+        science : `Exposure`
+            The science exposure (unused: its planes are already the difference's).
+        difference : `Exposure`
+            The difference; its mask is updated.
+        """
+        mask = difference.mask
+        for name in ("DETECTED", "DETECTED_NEGATIVE"):
+            if name in mask.planes:
+                mask.clear_plane(name)
+        template_mask = template.mask[difference.bbox] if template.bbox != difference.bbox else template.mask
+        _remap_planes(template_mask, mask, self.config.preserveTemplateMask)
+        _remap_planes(template_mask, mask, self.config.renameTemplateMask, "_TEMPLATE")
+
+    def _sourceSelector(self, sources: Table, science: Exposure) -> Table:  # noqa: N802
+        """The kernel sources: unflagged, isolated sources on the image with S/N in the configured range.
+
+        Raises
+        ------
+        PsfMatchingError
+            If fewer than ``minKernelSources`` remain.
+        """
+        config = self.config
+        n = len(sources)
+        keep = np.ones(n, dtype=bool)
+        reasons: dict[str, int] = {}
+        for flag in config.badSourceFlags:
+            if flag in sources.colnames:
+                flagged = np.asarray(sources[flag], dtype=bool)
+                reasons[flag] = int((keep & flagged).sum())
+                keep &= ~flagged
+        if config.requireIsolatedKernelSources:
+            isolated = np.ones(n, dtype=bool)
+            if "parent" in sources.colnames:
+                isolated &= np.asarray(sources["parent"]) == 0
+            if "deblend_nChild" in sources.colnames:
+                isolated &= np.asarray(sources["deblend_nChild"]) == 0
+            reasons["not isolated"] = int((keep & ~isolated).sum())
+            keep &= isolated
+        flux = np.asarray(sources["psfFlux"], dtype=float)
+        err = np.asarray(sources["psfFluxErr"], dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(err > 0, flux / err, np.nan)
+        good_snr = np.isfinite(snr) & (snr >= config.kernelSourceSignalToNoiseMin)
+        if config.kernelSourceSignalToNoiseMax is not None:
+            good_snr &= snr <= config.kernelSourceSignalToNoiseMax
+        reasons["S/N out of range"] = int((keep & ~good_snr).sum())
+        keep &= good_snr
+        bbox = science.bbox
+        x, y = np.asarray(sources["centroid_x"], float), np.asarray(sources["centroid_y"], float)
+        on = (x >= bbox.x0) & (x <= bbox.x1 - 1) & (y >= bbox.y0) & (y <= bbox.y1 - 1)
+        keep &= on
+        selected = sources[keep]
+        order = np.argsort(-snr[keep], kind="stable")[: config.maxKernelSources]
+        selected = selected[order]
+        self.metadata["nKernelSourcesSelected"] = len(selected)
+        if len(selected) < config.minKernelSources:
+            detail = ", ".join(f"{count} {why}" for why, count in reasons.items() if count)
+            raise PsfMatchingError(
+                f"too few kernel sources: {len(selected)} of {n} sources are usable (need "
+                f"minKernelSources = {config.minKernelSources}; rejected: {detail or 'none'}). Check the science "
+                "source catalogue, or lower kernelSourceSignalToNoiseMin."
+            )
+        return selected
+
+    def _set_kernel_metadata(self, kernel: Kernel, science: Exposure) -> None:
+        self.metadata["kernelSum"] = float(kernel.kernel_sum(*science.bbox.center))
+
+    def _noise_ratio(self, difference: Exposure, science: Exposure) -> float:
+        """Robust (1.4826 MAD) standard deviation of the difference over sqrt(median variance), on the pixels
+        where neither the difference nor the science image has a ``varianceMaskPlanes`` bit."""
+        bad = difference.mask.get_plane(self.config.varianceMaskPlanes, missing_ok=True)
+        bad |= science.mask.get_plane(self.config.varianceMaskPlanes, missing_ok=True)
+        good = ~bad & np.isfinite(difference.image) & np.isfinite(difference.variance)
+        if good.sum() < 100:
+            return math.nan
+        values = difference.image[good].astype(np.float64)
+        mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        return mad / math.sqrt(float(np.median(difference.variance[good])))
+
