@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
 from butler import Butler, CollectionType, DatasetIdGenEnum, DatasetType
 from butler.errors import (
