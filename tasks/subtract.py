@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 from scipy import fft as sp_fft
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from graph import (
     ConfigurableField,
@@ -46,7 +46,7 @@ from graph import (
 from graph.errors import NoWorkFound
 
 from .errors import PsfMatchingError
-from .image import Exposure, Kernel, Mask, MaskedImage
+from .image import Exposure, Kernel, Mask, MaskedImage, PcaPsf
 from .image.convolve import (
     convolve_masked_image,
     convolve_on_grid,
@@ -62,8 +62,10 @@ __all__ = [
     "AlardLuptonSubtractConfig",
     "AlardLuptonSubtractConnections",
     "AlardLuptonSubtractTask",
+    "decorrelated_variance",
     "decorrelation_kernel",
     "difference_footprint_ratio",
+    "noise_correlation",
     "template_coverage",
 ]
 
@@ -135,6 +137,16 @@ class AlardLuptonSubtractConfig(PipelineTaskConfig, pipelineConnections=AlardLup
         description="Compute the decorrelation kernel on a grid (decorrelationGridSpacing) from the local "
         "kernel and variances, instead of once for the whole image.",
     )
+    doMeasureNoiseCorrelation: bool = Field(  # noqa: N815
+        True,
+        description="Measure both images' noise on sky pixels (noise_correlation): scale their variances to the "
+        "measured per-pixel variance (as the LSST stack's ScaleVarianceTask) and propagate their measured "
+        "correlations into the difference's variance plane (decorrelated_variance).  False: white noise that "
+        "the variance planes describe exactly.  Templates resampled from coadds have correlated noise.",
+    )
+    noiseCorrelationRadius: int = Field(  # noqa: N815
+        5, ge=0, description="Largest lag [pixels] of the measured noise autocovariance."
+    )
     decorrelationGridSpacing: int = Field(  # noqa: N815
         512, ge=32, description="Spacing [pixels] of the grid of spatially varying decorrelation kernels."
     )
@@ -195,6 +207,75 @@ class AlardLuptonSubtractConfig(PipelineTaskConfig, pipelineConnections=AlardLup
 # Decorrelation -----------------------------------------------------------------------------------------------
 
 
+def noise_correlation(
+    image: np.ndarray,
+    variance: np.ndarray,
+    exclude: np.ndarray,
+    *,
+    radius: int,
+    max_size: int = 1024,
+    clip: float = 5.0,
+) -> np.ndarray:
+    """The autocovariance of an image's noise in units of its variance plane, measured on sky pixels.
+
+    ``C(dy, dx) = < z(x) z(x + d) >`` with ``z = (image - median) / sqrt(variance)`` over pixel pairs that are
+    both sky (not ``exclude``, finite, ``|z| < clip``), from the central ``max_size`` x ``max_size`` pixels at
+    most.  For white noise described exactly by its variance plane ``C`` is 1 at the centre and 0 elsewhere;
+    resampled images (warps, coadds of warps) have ``C(+-1, 0)`` of 0.1-0.5, and ``C(0, 0) != 1`` when the
+    variance plane is off.
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`, shape (h, w)
+        Pixels [any unit] and their variance [unit^2].
+    exclude : `numpy.ndarray`, shape (h, w), bool
+        Pixels that are not sky (sources, bad pixels).
+    radius : `int`
+        Largest lag [pixels] (>= 0).
+    max_size : `int`, optional
+        Side of the central region used [pixels].
+    clip : `float`, optional
+        Pixels with ``|z|`` above this are left out (undetected sources, residual artefacts).
+
+    Returns
+    -------
+    correlation : `numpy.ndarray`, shape (2 radius + 1, 2 radius + 1), float64
+        Centred on lag (0, 0); symmetric.  The identity (1 at the centre) when fewer than 1000 sky pixels.
+    """
+    identity = np.zeros((2 * radius + 1, 2 * radius + 1))
+    identity[radius, radius] = 1.0
+    h, w = image.shape
+    y0, x0 = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
+    cut = np.s_[y0 : y0 + max_size, x0 : x0 + max_size]
+    image, variance, exclude = image[cut], variance[cut], exclude[cut]
+    good = ~exclude & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    if good.sum() < 1000:
+        return identity
+    z = np.zeros(image.shape)
+    z[good] = (image[good] - np.median(image[good])) / np.sqrt(variance[good])
+    good &= np.abs(z) < clip
+    z[~good] = 0.0
+    shape = tuple(sp_fft.next_fast_len(n + radius, real=True) for n in z.shape)
+    pairs = sp_fft.irfft2(np.abs(sp_fft.rfft2(good.astype(float), shape)) ** 2, shape)
+    products = sp_fft.irfft2(np.abs(sp_fft.rfft2(z, shape)) ** 2, shape)
+    lags = np.arange(-radius, radius + 1)
+    index = np.ix_(lags % shape[0], lags % shape[1])
+    counts = pairs[index]
+    return np.where(counts > 0.5, products[index] / np.maximum(counts, 1.0), 0.0)
+
+
+def _centred_ft(image: np.ndarray, n: int) -> np.ndarray:
+    """FFT on an n x n grid of an odd-sized image centred on its central pixel (placed at pixel (0, 0))."""
+    padded = np.zeros((n, n))
+    h, w = image.shape
+    padded[:h, :w] = image
+    return sp_fft.fft2(np.roll(padded, (-(h // 2), -(w // 2)), axis=(0, 1)))
+
+
+def _grid_size(*images: np.ndarray | None, size: int = 1) -> int:
+    return sp_fft.next_fast_len(2 * max([size, *(max(np.shape(a)) for a in images if a is not None)]))
+
+
 def decorrelation_kernel(
     matching_kernel: np.ndarray,
     unconvolved_variance: float,
@@ -244,23 +325,70 @@ def decorrelation_kernel(
     size = int(size) if size is not None else 2 * max(k.shape) + 1
     if size < 1 or size % 2 == 0:
         raise ValueError(f"the decorrelation kernel size must be odd and positive, got {size}.")
-    n = sp_fft.next_fast_len(2 * max(size, *k.shape, *(() if preconvolution_kernel is None else np.shape(
-        preconvolution_kernel))))
-
-    def transform(image: np.ndarray) -> np.ndarray:
-        padded = np.zeros((n, n))
-        h, w = image.shape
-        padded[: h, : w] = image
-        padded = np.roll(padded, (-(h // 2), -(w // 2)), axis=(0, 1))  # centre on pixel (0, 0)
-        return sp_fft.fft2(padded)
-
-    k_ft = transform(k)
+    n = _grid_size(k, preconvolution_kernel, size=size)
+    k_ft = _centred_ft(k, n)
     kappa = float(k.sum())
     u, c = float(unconvolved_variance), float(convolved_variance)
-    p_power = 1.0 if preconvolution_kernel is None else np.abs(transform(np.asarray(preconvolution_kernel, float))) ** 2
+    p_power = 1.0 if preconvolution_kernel is None else np.abs(_centred_ft(np.asarray(preconvolution_kernel, float), n)) ** 2
     phi_ft = np.sqrt((u + c * kappa**2) / (u * p_power + c * np.abs(k_ft) ** 2))
     phi = np.roll(sp_fft.ifft2(phi_ft).real, (size // 2, size // 2), axis=(0, 1))[:size, :size]
-    return phi / phi.sum()
+    total = float(phi.sum())
+    # phi^(0) = 1, so the untruncated kernel sums to 1; a truncated sum far from 1 means phi does not fit in
+    # size x size pixels (typically 1 / |P^| growing without bound for a wide pre-convolution).
+    if not abs(total - 1.0) < 0.1:
+        raise ValueError(
+            f"the decorrelation kernel does not fit in {size}x{size} pixels (its truncation sums to {total:.4g}, "
+            f"not 1; |phi^| reaches {float(phi_ft.max()):.3g}): the difference has too little noise power at high "
+            "frequencies to be whitened -- is the pre-convolution kernel much wider than the matching kernel allows?"
+        )
+    return phi / total
+
+
+def decorrelated_variance(
+    phi: np.ndarray,
+    matching_kernel: np.ndarray,
+    unconvolved_variance: float,
+    convolved_variance: float,
+    *,
+    unconvolved_correlation: np.ndarray | None = None,
+    convolved_correlation: np.ndarray | None = None,
+    preconvolution_kernel: np.ndarray | None = None,
+) -> float:
+    """Per-pixel variance of the decorrelated difference ``phi (x) (P (x) U - K (x) C)``.
+
+    By Parseval, ``(1/n^2) sum_k |phi^(k)|^2 (u A_U(k) |P^(k)|^2 + c A_C(k) |K^(k)|^2)`` with ``A`` the
+    normalised noise power spectra of the inputs (Fourier transforms of their autocorrelations, `noise_correlation`
+    divided by its central value; 1 for white noise).  For white inputs and the `decorrelation_kernel` ``phi``
+    it equals ``u + c kappa^2``; resampled inputs (a template warped from a coadd) have less power at high
+    frequencies and give less.
+
+    Parameters
+    ----------
+    phi, matching_kernel : `numpy.ndarray`, odd shapes
+        Decorrelation and PSF-matching kernels.
+    unconvolved_variance, convolved_variance : `float`
+        Per-pixel variances ``u`` and ``c`` of the inputs.
+    unconvolved_correlation, convolved_correlation : `numpy.ndarray`, optional, odd shapes
+        Autocorrelations (centre 1) of the inputs' noise; None for white noise.
+    preconvolution_kernel : `numpy.ndarray`, optional
+        ``P`` (None: none).
+
+    Returns
+    -------
+    variance : `float`
+    """
+    n = _grid_size(phi, matching_kernel, preconvolution_kernel, unconvolved_correlation, convolved_correlation)
+
+    def spectrum(correlation: np.ndarray | None) -> np.ndarray | float:
+        if correlation is None:
+            return 1.0
+        return np.maximum(_centred_ft(np.asarray(correlation, float), n).real, 0.0)
+
+    p_power = 1.0 if preconvolution_kernel is None else np.abs(_centred_ft(np.asarray(preconvolution_kernel, float), n)) ** 2
+    noise = (float(unconvolved_variance) * spectrum(unconvolved_correlation) * p_power
+             + float(convolved_variance) * spectrum(convolved_correlation)
+             * np.abs(_centred_ft(np.asarray(matching_kernel, float), n)) ** 2)
+    return float(np.mean(np.abs(_centred_ft(np.asarray(phi, float), n)) ** 2 * noise))
 
 
 # Metrics ------------------------------------------------------------------------------------------------------
@@ -314,6 +442,29 @@ def difference_footprint_ratio(
         return math.nan, math.nan
     ratio = (sum_diff[ok] - npix[ok] * sky_level) / sum_sci[ok]
     return float(np.mean(ratio)), float(np.std(ratio))
+
+
+def _column(table: Table, name: str, fill: Any) -> np.ndarray:
+    """A column as a plain array, masked (null) entries replaced by ``fill``."""
+    column = table[name]
+    if hasattr(column, "filled"):
+        column = column.filled(fill)
+    return np.asarray(column)
+
+
+def _decorrelated_psf(psf: Any, phi: np.ndarray, bbox: Any) -> Any:
+    """The PSF of a difference image convolved with ``phi``: ``psf (x) phi``.
+
+    A `PcaPsf` keeps its spatial model (each component convolved, convolution being linear); another PSF is
+    realised at the centre of ``bbox``.
+    """
+    if psf is None:
+        return None
+    if isinstance(psf, PcaPsf):
+        components = np.array([signal.fftconvolve(c, phi, mode="same") for c in psf.components])
+        return PcaPsf(components, psf.coefficients, psf.degree, psf.bbox)
+    image = signal.fftconvolve(psf.compute_kernel_image(*bbox.center), phi, mode="same")
+    return PcaPsf(image[None], np.ones((1, 1)), 0, bbox)
 
 
 def _robust_variance(variance: np.ndarray, exclude: np.ndarray) -> float:
@@ -422,16 +573,16 @@ class AlardLuptonSubtractTask(PipelineTask):
         template_fwhm = template.psf.fwhm(cx, cy)
         self.metadata["sciencePsfSize"] = science_fwhm
         self.metadata["templatePsfSize"] = template_fwhm
-        selected = self._sourceSelector(sources, science)
         mode = config.mode
         if mode == "auto":
             mode = "convolveTemplate" if template_fwhm <= science_fwhm else "convolveScience"
         self.metadata["mode"] = mode
-        self.log.info(
-            "%s: science PSF FWHM %.2f px, template %.2f px, %d kernel sources, template coverage %.1f%%",
-            mode, science_fwhm, template_fwhm, len(selected), 100 * coverage,
-        )
         try:
+            selected = self._sourceSelector(sources, science)
+            self.log.info(
+                "%s: science PSF FWHM %.2f px, template %.2f px, %d kernel sources, template coverage %.1f%%",
+                mode, science_fwhm, template_fwhm, len(selected), 100 * coverage,
+            )
             if mode == "convolveTemplate":
                 results = self.runConvolveTemplate(template, science, selected)
             else:
@@ -611,6 +762,18 @@ class AlardLuptonSubtractTask(PipelineTask):
         exclude_u, exclude_c = (exclude_s, exclude_t) if templateMatched else (exclude_t, exclude_s)
 
         with self.timer("decorrelate"):
+            # The inputs' noise: per-pixel variance relative to the variance plane (the LSST stack's
+            # ScaleVarianceTask factor) and normalised autocorrelation (1 at the centre).
+            scales = {"u": 1.0, "c": 1.0}
+            correlations: dict[str, np.ndarray | None] = {"unconvolved_correlation": None, "convolved_correlation": None}
+            if config.doMeasureNoiseCorrelation:
+                for key, name, image, exclude in (("unconvolved_correlation", "u", u_image, exclude_u),
+                                                  ("convolved_correlation", "c", c_image, exclude_c)):
+                    correlation = noise_correlation(image.image, image.variance, exclude,
+                                                    radius=config.noiseCorrelationRadius)
+                    centre = float(correlation[correlation.shape[0] // 2, correlation.shape[1] // 2])
+                    scales[name] = centre if centre > 0 else 1.0
+                    correlations[key] = correlation / scales[name]
             bbox = difference.bbox
             h, w = bbox.shape
             if spatially_varying:
@@ -620,17 +783,28 @@ class AlardLuptonSubtractTask(PipelineTask):
                 xnodes, ynodes = np.array([(w - 1) / 2.0]), np.array([(h - 1) / 2.0])
             wx, wy = node_weights(w, xnodes), node_weights(h, ynodes)
             kernels: dict[tuple[int, int], list[np.ndarray]] = {}
+            gains: dict[tuple[int, int], float] = {}
+            # A node whose cell is entirely excluded still needs a kernel: convolve_on_grid drops the weight of a
+            # missing node, which would scale the image down around it.
+            image_u = scales["u"] * _robust_variance(u_image.variance, exclude_u)
+            image_c = scales["c"] * _robust_variance(c_image.variance, exclude_c)
             for j, yn in enumerate(ynodes):
                 rows = wy[j] > 0
                 for i, xn in enumerate(xnodes):
                     cols = wx[i] > 0
                     cell = np.ix_(rows, cols)
-                    u = _robust_variance(u_image.variance[cell], exclude_u[cell])
-                    c = _robust_variance(c_image.variance[cell], exclude_c[cell])
+                    u = scales["u"] * _robust_variance(u_image.variance[cell], exclude_u[cell])
+                    c = scales["c"] * _robust_variance(c_image.variance[cell], exclude_c[cell])
+                    if not (u > 0 and c > 0):
+                        u, c = image_u, image_c
                     if not (u > 0 and c > 0):
                         continue
                     matching = kernel.compute_image(xn + bbox.x0, yn + bbox.y0)
-                    kernels[(j, i)] = [decorrelation_kernel(matching, u, c, preconvolution_kernel=preconv)]
+                    phi = decorrelation_kernel(matching, u, c, preconvolution_kernel=preconv)
+                    kernels[(j, i)] = [phi]
+                    gains[(j, i)] = decorrelated_variance(
+                        phi, matching, u, c, preconvolution_kernel=preconv, **correlations
+                    ) / (u + c * float(matching.sum()) ** 2)
             if not kernels:
                 raise PsfMatchingError("cannot decorrelate: no region has a positive variance in both images.")
             image = np.array(difference.image, dtype=np.float32)
@@ -644,14 +818,25 @@ class AlardLuptonSubtractTask(PipelineTask):
             radius = max(kernel_radius(k[0]) for k in kernels.values())
             mask = convolved_mask(difference.mask, missing, radius)
             kappa = float(kernel.kernel_sum(*bbox.center))
+            # The variance of white inputs, u + k^2 c pixel by pixel, times the inputs' measured noise
+            # (variance scale, and the correlations through decorrelated_variance: < 1 for a resampled template).
+            s_scale, t_scale = (scales["u"], scales["c"]) if templateMatched else (scales["c"], scales["u"])
             factor = kappa**2 if templateMatched else 1.0 / kappa**2
-            variance = science.variance.astype(np.float64) + factor * template.variance.astype(np.float64)
+            gain = float(np.mean(list(gains.values())))
+            variance = gain * (s_scale * science.variance.astype(np.float64)
+                               + factor * t_scale * template.variance.astype(np.float64))
+            self.metadata["scienceVarianceScale"] = s_scale
+            self.metadata["templateVarianceScale"] = t_scale
+            self.metadata["decorrelatedVarianceGain"] = gain
             bad = mask.get_plane("NO_DATA")
             out[bad] = np.nan
             variance[bad] = np.nan
         self.metadata["decorrelationKernelSize"] = int(next(iter(kernels.values()))[0].shape[0])
+        # Point sources of the decorrelated image have the profile PSF (x) phi (phi of the node nearest the centre).
+        centre = min(kernels, key=lambda ji: (ynodes[ji[0]] - (h - 1) / 2) ** 2 + (xnodes[ji[1]] - (w - 1) / 2) ** 2)
         return difference.replace(
-            MaskedImage(out.astype(np.float32), mask, variance.astype(np.float32), xy0=bbox.xy0)
+            MaskedImage(out.astype(np.float32), mask, variance.astype(np.float32), xy0=bbox.xy0),
+            psf=_decorrelated_psf(difference.psf, kernels[centre][0], bbox),
         )
 
     def updateMasks(self, template: Exposure, science: Exposure, difference: Exposure) -> None:  # noqa: N802
@@ -692,7 +877,7 @@ class AlardLuptonSubtractTask(PipelineTask):
         reasons: dict[str, int] = {}
         for flag in config.badSourceFlags:
             if flag in sources.colnames:
-                flagged = np.asarray(sources[flag], dtype=bool)
+                flagged = _column(sources, flag, True).astype(bool)
                 reasons[flag] = int((keep & flagged).sum())
                 keep &= ~flagged
         if config.requireIsolatedKernelSources:
@@ -703,8 +888,8 @@ class AlardLuptonSubtractTask(PipelineTask):
                 isolated &= np.asarray(sources["deblend_nChild"]) == 0
             reasons["not isolated"] = int((keep & ~isolated).sum())
             keep &= isolated
-        flux = np.asarray(sources["psfFlux"], dtype=float)
-        err = np.asarray(sources["psfFluxErr"], dtype=float)
+        flux = _column(sources, "psfFlux", np.nan).astype(float)
+        err = _column(sources, "psfFluxErr", np.nan).astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             snr = np.where(err > 0, flux / err, np.nan)
         good_snr = np.isfinite(snr) & (snr >= config.kernelSourceSignalToNoiseMin)

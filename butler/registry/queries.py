@@ -248,7 +248,8 @@ class QueryRunner:
         for name in group.elements:
             if qb.universe[name].always_join:
                 qb.join_element(name)
-        for d in spec.dimensions.implied:
+        # Every result key, including required ones the where-expression's dimensions imply (band of a visit).
+        for d in spec.dimensions.data_coordinate_keys:
             qb.ensure_column(d)
         refine = qb.join_spatial() if use_spatial else False
         if use_data_id:

@@ -72,3 +72,13 @@ def test_skypix_envelope_covers_region():
 def test_bad_polygon_is_a_value_error():
     with pytest.raises(ValueError, match="3"):
         polygon_from_radec([1, 2], [1, 2])
+
+
+def test_tract_band_query_constrained_by_visits(populated: Butler):
+    """A (skymap, tract, band) query with a where-expression on visits: the band comes from the visits (through
+    their physical filter), the tract from the spatial join with them -- the quanta of a coadd task when a
+    pipeline is run on chosen visits."""
+    rows = populated.query_data_ids(["skymap", "tract", "band"], where="visit IN (1, 3)")
+    assert sorted((d["skymap"], d["tract"], d["band"]) for d in rows) == [("sm", 0, "r")]
+    rows = populated.query_data_ids(["skymap", "tract", "band"], where="visit IN (0, 1)")
+    assert sorted(d["band"] for d in rows) == ["g", "r"]
