@@ -215,14 +215,15 @@ def noise_correlation(
     radius: int,
     max_size: int = 1024,
     clip: float = 5.0,
-) -> np.ndarray:
-    """The autocovariance of an image's noise in units of its variance plane, measured on sky pixels.
+) -> tuple[float, np.ndarray]:
+    """An image's noise relative to its variance plane, measured on sky pixels: variance scale and correlation.
 
-    ``C(dy, dx) = < z(x) z(x + d) >`` with ``z = (image - median) / sqrt(variance)`` over pixel pairs that are
-    both sky (not ``exclude``, finite, ``|z| < clip``), from the central ``max_size`` x ``max_size`` pixels at
-    most.  For white noise described exactly by its variance plane ``C`` is 1 at the centre and 0 elsewhere;
-    resampled images (warps, coadds of warps) have ``C(+-1, 0)`` of 0.1-0.5, and ``C(0, 0) != 1`` when the
-    variance plane is off.
+    With ``z = (image - median) / sqrt(variance)`` on sky pixels (not ``exclude``, finite, ``|z| < clip``) of the
+    central ``max_size`` x ``max_size`` pixels at most: the variance scale is the robust variance of ``z``,
+    ``(1.4826 MAD)^2`` (the factor of the LSST stack's ScaleVarianceTask; faint undetected sources hardly move
+    it), and the correlation ``C(dy, dx) = < z(x) z(x + d) > / < z^2 >`` over pixel pairs that are both sky.
+    For white noise that the variance plane describes exactly both are 1 at lag 0 and ``C`` is 0 elsewhere;
+    resampled images (warps, coadds of warps) have ``C(+-1, 0)`` of 0.1-0.5.
 
     Parameters
     ----------
@@ -239,8 +240,10 @@ def noise_correlation(
 
     Returns
     -------
+    scale : `float`
+        Per-pixel noise variance / variance plane (1.0 when fewer than 1000 sky pixels).
     correlation : `numpy.ndarray`, shape (2 radius + 1, 2 radius + 1), float64
-        Centred on lag (0, 0); symmetric.  The identity (1 at the centre) when fewer than 1000 sky pixels.
+        Centred on lag (0, 0), where it is 1; symmetric.  The identity when fewer than 1000 sky pixels.
     """
     identity = np.zeros((2 * radius + 1, 2 * radius + 1))
     identity[radius, radius] = 1.0
@@ -250,9 +253,10 @@ def noise_correlation(
     image, variance, exclude = image[cut], variance[cut], exclude[cut]
     good = ~exclude & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
     if good.sum() < 1000:
-        return identity
+        return 1.0, identity
     z = np.zeros(image.shape)
     z[good] = (image[good] - np.median(image[good])) / np.sqrt(variance[good])
+    scale = (1.4826 * float(np.median(np.abs(z[good])))) ** 2
     good &= np.abs(z) < clip
     z[~good] = 0.0
     shape = tuple(sp_fft.next_fast_len(n + radius, real=True) for n in z.shape)
@@ -261,7 +265,10 @@ def noise_correlation(
     lags = np.arange(-radius, radius + 1)
     index = np.ix_(lags % shape[0], lags % shape[1])
     counts = pairs[index]
-    return np.where(counts > 0.5, products[index] / np.maximum(counts, 1.0), 0.0)
+    correlation = np.where(counts > 0.5, products[index] / np.maximum(counts, 1.0), 0.0)
+    if not correlation[radius, radius] > 0 or not scale > 0:
+        return 1.0, identity
+    return scale, correlation / correlation[radius, radius]
 
 
 def _centred_ft(image: np.ndarray, n: int) -> np.ndarray:
@@ -357,8 +364,8 @@ def decorrelated_variance(
     """Per-pixel variance of the decorrelated difference ``phi (x) (P (x) U - K (x) C)``.
 
     By Parseval, ``(1/n^2) sum_k |phi^(k)|^2 (u A_U(k) |P^(k)|^2 + c A_C(k) |K^(k)|^2)`` with ``A`` the
-    normalised noise power spectra of the inputs (Fourier transforms of their autocorrelations, `noise_correlation`
-    divided by its central value; 1 for white noise).  For white inputs and the `decorrelation_kernel` ``phi``
+    normalised noise power spectra of the inputs (Fourier transforms of their autocorrelations from
+    `noise_correlation`; 1 for white noise).  For white inputs and the `decorrelation_kernel` ``phi``
     it equals ``u + c kappa^2``; resampled inputs (a template warped from a coadd) have less power at high
     frequencies and give less.
 
@@ -769,11 +776,9 @@ class AlardLuptonSubtractTask(PipelineTask):
             if config.doMeasureNoiseCorrelation:
                 for key, name, image, exclude in (("unconvolved_correlation", "u", u_image, exclude_u),
                                                   ("convolved_correlation", "c", c_image, exclude_c)):
-                    correlation = noise_correlation(image.image, image.variance, exclude,
-                                                    radius=config.noiseCorrelationRadius)
-                    centre = float(correlation[correlation.shape[0] // 2, correlation.shape[1] // 2])
-                    scales[name] = centre if centre > 0 else 1.0
-                    correlations[key] = correlation / scales[name]
+                    scales[name], correlations[key] = noise_correlation(
+                        image.image, image.variance, exclude, radius=config.noiseCorrelationRadius
+                    )
             bbox = difference.bbox
             h, w = bbox.shape
             if spatially_varying:

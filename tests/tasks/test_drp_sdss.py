@@ -1,6 +1,7 @@
 """The SDSS acceptance of the DRP pipeline: repo_template/pipelines/Sdss/DRP.yaml run with `pipetask run` on the
 two r-band frames of ../shared/data/sdss_stripe82_lsst_demo (runs 4192 and 6377, CCD r4) and the stripe82_demo
-skymap, then GetTemplateTask on the run-6377 detector with the run-4192 template coadd.
+skymap, then the AP pipeline (repo_template/pipelines/Sdss/AP.yaml) on the run-6377 detector against the run-4192
+template coadd: its template (GetTemplateTask), difference image and DIA sources.
 
 One module-scoped fixture builds the repository and runs both pipelines once (about a minute); the tests only
 read the outputs.
@@ -31,12 +32,7 @@ R4 = 15  # detector id of CCD r4
 VISIT_A, VISIT_B = 419220300, 637720399  # runs 4192 and 6377, r band (SDSS visit ids equal exposure ids)
 N_PATCHES = 9  # 3 x 3 patches; both frames overlap every patch
 DRP_CONFIG = [f"assembleTemplateCoadd:selectVisits=[{VISIT_A}]"]
-GET_TEMPLATE_PIPELINE = """\
-description: The template of a detector warped from the template coadds (GetTemplateTask).
-tasks:
-  getTemplate:
-    class: tasks.get_template.GetTemplateTask
-"""
+AP_PIPELINE = "repo_template/pipelines/Sdss/AP.yaml"
 # Pixels with any of these planes (in either image) are not sky.
 NOT_SKY = ("DETECTED", "DETECTED_NEGATIVE", "NO_DATA", "BAD", "SAT", "EDGE", "CR", "INTRP", "SUSPECT", "CLIPPED")
 MATCH_TOLERANCE = 0.05  # |median(A - B)| of source-free sky / per-pixel noise
@@ -78,8 +74,8 @@ class DrpRun:
 @pytest.fixture(scope="module")
 def drp(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> DrpRun:
     """The 10 SDSS frames, their visits, the reference catalogue and the stripe82_demo skymap in a new
-    repository; Sdss/DRP.yaml run on the r band (template coadd of run 4192 only); then GetTemplateTask on
-    the run-6377 r4 detector."""
+    repository; Sdss/DRP.yaml run on the r band (template coadd of run 4192 only); then Sdss/AP.yaml on the
+    run-6377 r4 detector."""
     demo = shared_data / "sdss_stripe82_lsst_demo"
     tmp = tmp_path_factory.mktemp("drp_sdss")
     root = tmp / "repo"
@@ -98,14 +94,12 @@ def drp(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> DrpRun:
         ["-b", str(root), "-p", PIPELINE, "-i", INPUTS, "-o", "drp", "-d", "band = 'r'",
          "--register-dataset-types", "-j", "2", *overrides]
     )
-    pipeline = tmp / "get_template.yaml"
-    pipeline.write_text(GET_TEMPLATE_PIPELINE)
     template_log, template_time = _run(
-        ["-b", str(root), "-p", str(pipeline), "-i", "drp", "-o", "template",
+        ["-b", str(root), "-p", AP_PIPELINE, "-i", "drp", "-o", "ap",
          "-d", f"visit = {VISIT_B} AND detector = {R4}", "--register-dataset-types"]
     )
-    print(f"wall time: DRP {drp_time:.1f} s, getTemplate {template_time:.1f} s")
-    return DrpRun(root, "drp", "template", drp_log, template_log)
+    print(f"wall time: DRP {drp_time:.1f} s, AP {template_time:.1f} s")
+    return DrpRun(root, "drp", "ap", drp_log, template_log)
 
 
 def _not_sky(exposure) -> np.ndarray:
@@ -157,7 +151,7 @@ def _print_offsets(title: str, differences: dict[int, tuple[np.ndarray, float]])
 
 @pytest.mark.slow
 def test_every_quantum_succeeds(drp):
-    """Acceptance 1: every quantum of the r-band DRP (and of getTemplate) succeeds; none fails, none has no
+    """Acceptance 1: every quantum of the r-band DRP (and of the AP pipeline) succeeds; none fails, none has no
     work.  (The graph builder prunes 58 of the 60 (visit, detector) data IDs of characterizeImage: the r
     visits' other detectors have no r-band raw -- they are not quanta.)"""
     counts = _report_counts(drp.drp_log)
@@ -169,7 +163,10 @@ def test_every_quantum_succeeds(drp):
     for label, row in counts.items():
         assert row["failed"] == row["blocked"] == row["no_work"] == row["not_run"] == 0, (label, row)
     assert "all quanta succeeded" in drp.drp_log
-    assert _report_counts(drp.template_log)["getTemplate"]["succeeded"] == 1
+    ap_counts = _report_counts(drp.template_log)
+    for label in ("isr", "characterizeImage", "calibrate", "getTemplate", "subtractImages", "detectAndMeasure"):
+        assert ap_counts[label]["succeeded"] == 1, (label, ap_counts)
+    assert "all quanta succeeded" in drp.template_log
     with Butler(drp.root, writeable=False) as butler:
         run = butler.registry.get_collection_chain(drp.drp_output)[0]
         rows = {row["task"]: row for row in report_from_registry(butler, output_run=run)}
@@ -303,3 +300,25 @@ def test_template_and_calexp_sky_levels_are_near_zero(drp):
     assert abs(template_sky) < MATCH_TOLERANCE * sigma  # measured -0.95 nJy = 0.010 sigma
     assert abs(calexp_sky) < MATCH_TOLERANCE * sigma  # measured 1.44 nJy = 0.015 sigma
     assert abs(difference) < MATCH_TOLERANCE * sigma
+
+
+@pytest.mark.slow
+def test_ap_difference_noise_matches_its_variance_plane(drp):
+    """Issue 7 acceptance on SDSS: the decorrelated run-6377 - run-4192 difference image's noise over sky
+    pixels (no source detected on the calexp or the difference, no bad planes in either) is within [0.97, 1.05]
+    of sqrt(variance) (robust: 1.4826 MAD of difference / sqrt(variance))."""
+    data_id = {"instrument": "SDSS", "visit": VISIT_B, "detector": R4}
+    with Butler(drp.root, writeable=False) as butler:
+        measured = butler.get("subtractedMeasuredExposure", data_id, collections=drp.template_output)
+        calexp = butler.get("calexp", data_id, collections=drp.template_output)
+        metadata = butler.get("subtractImages_metadata", data_id, collections=drp.template_output)
+        dia = butler.get("diaSrc", data_id, collections=drp.template_output)
+    sky = ~_not_sky(measured) & ~_not_sky(calexp)
+    z = measured.image[sky] / np.sqrt(measured.variance[sky])
+    ratio = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+    print(f"{sky.sum()} sky px: noise / sqrt(variance) {ratio:.3f}; mode {metadata['subtractImages.mode']}, kernel "
+          f"sum {metadata['subtractImages.kernelSum']:.4f}, spatial order "
+          f"{metadata['subtractImages:makeKernel.spatialKernelOrder']}, star residual "
+          f"{metadata['subtractImages.differenceFootprintRatioMean']:.3f}; {len(dia)} DIA sources")
+    assert sky.mean() > 0.5
+    assert 0.97 <= ratio <= 1.05
