@@ -815,11 +815,7 @@ class AlardLuptonSubtractTask(PipelineTask):
             image = np.array(difference.image, dtype=np.float32)
             missing = ~np.isfinite(image) | difference.mask.get_plane("NO_DATA", missing_ok=True)
             image[missing] = 0.0
-            if len(kernels) == 1:
-                (phi,) = next(iter(kernels.values()))
-                (out,) = convolve_on_grid([image], {(0, 0): [phi]}, np.array([xnodes.mean()]), np.array([ynodes.mean()]))
-            else:
-                (out,) = convolve_on_grid([image], kernels, xnodes, ynodes)
+            (out,) = convolve_on_grid([image], kernels, xnodes, ynodes)
             radius = max(kernel_radius(k[0]) for k in kernels.values())
             mask = convolved_mask(difference.mask, missing, radius)
             kappa = float(kernel.kernel_sum(*bbox.center))
