@@ -66,7 +66,7 @@ from graph import (
 from .detection import FootprintSet, SourceDetectionConfig, SourceDetectionTask
 from .errors import ImageError
 from .image import Box2I, Exposure
-from .measurement import SingleFrameMeasurementConfig, SingleFrameMeasurementTask
+from .measurement import SingleFrameMeasurementConfig, SingleFrameMeasurementTask, _col, _sky_coords, psf_amplitudes
 from .psf_match import count_false_positives
 
 if TYPE_CHECKING:
@@ -373,12 +373,7 @@ def forced_psf_flux(
         rows = np.array([k for k in range(n) if models[k].shape == shape], dtype=np.int64)
         model = np.stack([models[k] for k in rows])
         data, var, use = _cut(exposure, origins_arr[rows, 0], origins_arr[rows, 1], shape, bad_bits)
-        p = model * use
-        ptp = (p * model).sum(axis=(1, 2))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f = (p * data).sum(axis=(1, 2)) / ptp
-            e = np.sqrt((p * p * var).sum(axis=(1, 2))) / ptp
-        masked = 1.0 - ptp / (model * model).sum(axis=(1, 2))
+        f, e, masked, ptp = psf_amplitudes(model, data, var, use)
         ok = np.isfinite(f) & np.isfinite(e) & (ptp > 0)
         flux[rows] = np.where(ok, f, np.nan)
         err[rows] = np.where(ok, e, np.nan)
@@ -741,17 +736,3 @@ def _cut(
     data[~use] = 0.0
     var[~use] = 0.0
     return data, var, use
-
-
-def _col(table: Table, name: str, values: np.ndarray, unit: str, description: str) -> None:
-    table[name] = np.asarray(values, dtype=np.float64)
-    if unit:
-        table[name].unit = unit
-    table[name].description = description
-
-
-def _sky_coords(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if exposure.wcs is None or len(x) == 0:
-        return np.full(len(x), np.nan), np.full(len(x), np.nan)
-    ra, dec = exposure.wcs.all_pix2world(x, y, 0)
-    return np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64)

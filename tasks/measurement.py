@@ -247,7 +247,8 @@ class SingleFrameMeasurementTask(Task):
 
 def _col(table: Table, name: str, values: np.ndarray, unit: str, description: str) -> None:
     table[name] = np.asarray(values, dtype=np.float64)
-    table[name].unit = unit
+    if unit:
+        table[name].unit = unit
     table[name].description = description
 
 
@@ -534,6 +535,38 @@ def _adaptive_moments(data, dx, dy, s2, *, max_iter, tol):
     return m, converged & ~failed
 
 
+def psf_amplitudes(
+    model: np.ndarray, data: np.ndarray, variance: np.ndarray, use: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares amplitudes of PSF images fitted to stamps (PSF photometry), ignoring unusable pixels.
+
+    Parameters
+    ----------
+    model : `numpy.ndarray`, shape (n, h, w)
+        PSF images ``P`` (unit sum) at the sources' positions.
+    data, variance : `numpy.ndarray`, shape (n, h, w)
+        Stamps of the image [counts] and its variance [counts^2].
+    use : `numpy.ndarray` of bool, shape (n, h, w)
+        Usable pixels (on the image, finite, unmasked).
+
+    Returns
+    -------
+    flux, err : `numpy.ndarray`, shape (n,)
+        ``sum(P d) / sum(P P)`` and ``sqrt(sum(P^2 V)) / sum(P P)`` over the usable pixels [counts]; not finite
+        where no pixel is usable.
+    masked_fraction : `numpy.ndarray`, shape (n,)
+        Share of the PSF's power ``sum(P P)`` on unusable pixels.
+    ptp : `numpy.ndarray`, shape (n,)
+        ``sum(P P)`` over the usable pixels.
+    """
+    p = model * use
+    ptp = (p * model).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flux = (p * data).sum(axis=(1, 2)) / ptp
+        err = np.sqrt((p * p * variance).sum(axis=(1, 2))) / ptp
+    return flux, err, 1.0 - ptp / (model * model).sum(axis=(1, 2)), ptp
+
+
 def _psf_fluxes(stamps: _StampCutter, exposure: Exposure, x, y, bad_bits, max_masked):
     """Least-squares amplitude of the PSF image at (x, y) (parent coordinates) for every source."""
     n = len(x)
@@ -556,14 +589,8 @@ def _psf_fluxes(stamps: _StampCutter, exposure: Exposure, x, y, bad_bits, max_ma
         oy = np.array([origins[k][1] for k in rows], dtype=np.int64)
         data, var, valid, mask = stamps.cut(ox + w // 2, oy + h // 2, w // 2, h // 2, rows=rows)
         use = valid & ((mask & bad_bits) == 0) if bad_bits else valid
-        p = model * use
-        ptp = (p * model).sum(axis=(1, 2))
-        total = (model * model).sum(axis=(1, 2))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f = (p * data).sum(axis=(1, 2)) / ptp
-            e = np.sqrt((p * p * var).sum(axis=(1, 2))) / ptp
+        f, e, masked_fraction, ptp = psf_amplitudes(model, data, var, use)
         off_image = ~(valid | ((mask & bad_bits) != 0)).all(axis=(1, 2))
-        masked_fraction = 1.0 - ptp / total
         flux[rows] = f
         err[rows] = e
         flag[rows] = ~np.isfinite(f) | ~np.isfinite(e) | (ptp <= 0) | (masked_fraction > max_masked) | off_image

@@ -1010,11 +1010,12 @@ def _psf_fwhm(exposure: Exposure, x: float, y: float) -> float:
     return math.nan if exposure.psf is None else float(exposure.psf.fwhm(x, y))
 
 
-def _table_column(table: Table, name: str) -> np.ndarray:
+def _table_column(table: Table, name: str, *, fill: Any = np.nan, dtype: Any = np.float64) -> np.ndarray:
+    """A column as a plain array of ``dtype``, masked (null) entries replaced by ``fill``."""
     column = table[name]
     if hasattr(column, "filled"):
-        column = column.filled(np.nan)
-    return np.asarray(column, dtype=np.float64)
+        column = column.filled(fill)
+    return np.asarray(column, dtype=dtype)
 
 
 class MakeKernelTask(PsfMatchTask):

@@ -55,7 +55,7 @@ from .image.convolve import (
     kernel_radius,
     node_weights,
 )
-from .psf_match import MakeKernelTask
+from .psf_match import MakeKernelTask, _table_column
 from .visit_summary import visit_photo_calib
 
 __all__ = [
@@ -451,14 +451,6 @@ def difference_footprint_ratio(
     return float(np.mean(ratio)), float(np.std(ratio))
 
 
-def _column(table: Table, name: str, fill: Any) -> np.ndarray:
-    """A column as a plain array, masked (null) entries replaced by ``fill``."""
-    column = table[name]
-    if hasattr(column, "filled"):
-        column = column.filled(fill)
-    return np.asarray(column)
-
-
 def _decorrelated_psf(psf: Any, phi: np.ndarray, bbox: Any) -> Any:
     """The PSF of a difference image convolved with ``phi``: ``psf (x) phi``.
 
@@ -789,10 +781,9 @@ class AlardLuptonSubtractTask(PipelineTask):
             wx, wy = node_weights(w, xnodes), node_weights(h, ynodes)
             kernels: dict[tuple[int, int], list[np.ndarray]] = {}
             gains: dict[tuple[int, int], float] = {}
-            # A node whose cell is entirely excluded still needs a kernel: convolve_on_grid drops the weight of a
-            # missing node, which would scale the image down around it.
-            image_u = scales["u"] * _robust_variance(u_image.variance, exclude_u)
-            image_c = scales["c"] * _robust_variance(c_image.variance, exclude_c)
+            # A node whose cell is entirely excluded still needs a kernel (convolve_on_grid drops the weight of a
+            # missing node, which would scale the image down around it): it takes the whole image's variances.
+            whole_image: tuple[float, float] | None = None
             for j, yn in enumerate(ynodes):
                 rows = wy[j] > 0
                 for i, xn in enumerate(xnodes):
@@ -801,7 +792,10 @@ class AlardLuptonSubtractTask(PipelineTask):
                     u = scales["u"] * _robust_variance(u_image.variance[cell], exclude_u[cell])
                     c = scales["c"] * _robust_variance(c_image.variance[cell], exclude_c[cell])
                     if not (u > 0 and c > 0):
-                        u, c = image_u, image_c
+                        if whole_image is None:
+                            whole_image = (scales["u"] * _robust_variance(u_image.variance, exclude_u),
+                                           scales["c"] * _robust_variance(c_image.variance, exclude_c))
+                        u, c = whole_image
                     if not (u > 0 and c > 0):
                         continue
                     matching = kernel.compute_image(xn + bbox.x0, yn + bbox.y0)
@@ -878,7 +872,7 @@ class AlardLuptonSubtractTask(PipelineTask):
         reasons: dict[str, int] = {}
         for flag in config.badSourceFlags:
             if flag in sources.colnames:
-                flagged = _column(sources, flag, True).astype(bool)
+                flagged = _table_column(sources, flag, fill=True, dtype=bool)
                 reasons[flag] = int((keep & flagged).sum())
                 keep &= ~flagged
         if config.requireIsolatedKernelSources:
@@ -889,8 +883,8 @@ class AlardLuptonSubtractTask(PipelineTask):
                 isolated &= np.asarray(sources["deblend_nChild"]) == 0
             reasons["not isolated"] = int((keep & ~isolated).sum())
             keep &= isolated
-        flux = _column(sources, "psfFlux", np.nan).astype(float)
-        err = _column(sources, "psfFluxErr", np.nan).astype(float)
+        flux = _table_column(sources, "psfFlux")
+        err = _table_column(sources, "psfFluxErr")
         with np.errstate(divide="ignore", invalid="ignore"):
             snr = np.where(err > 0, flux / err, np.nan)
         good_snr = np.isfinite(snr) & (snr >= config.kernelSourceSignalToNoiseMin)
