@@ -15,7 +15,9 @@ detector, in nJy) from the science exposure (``calexp``, in counts), following
    convolved with ``K^2``;
 5. `finalize`: merge the template's mask planes (`updateMasks`) and remove the noise correlations the
    convolution introduced (`decorrelation_kernel`, Reiss & Lupton 2016, arXiv:1609.04370 -- the ZOGY-style
-   "afterburner"), constant or on a grid of positions (``spatiallyVaryingDecorrelation``).
+   "afterburner"), constant or on a grid of positions (``spatiallyVaryingDecorrelation``);
+6. correct the difference's variance plane to the noise measured on its sky pixels (``doScaleDiffimVariance``,
+   `variance_scale`: the propagated variance of a coadd template's correlated noise is only approximate).
 
 The difference is in the science image's units with its `PhotoCalib`; its PSF is the science PSF
 (convolveTemplate) or the template PSF (convolveScience).
@@ -66,6 +68,7 @@ __all__ = [
     "decorrelation_kernel",
     "difference_footprint_ratio",
     "noise_correlation",
+    "variance_scale",
     "template_coverage",
 ]
 
@@ -144,6 +147,12 @@ class AlardLuptonSubtractConfig(PipelineTaskConfig, pipelineConnections=AlardLup
         "correlations into the difference's variance plane (decorrelated_variance).  False: white noise that "
         "the variance planes describe exactly.  Templates resampled from coadds have correlated noise.",
     )
+    doScaleDiffimVariance: bool = Field(  # noqa: N815
+        True,
+        description="Correct the difference's variance plane to its measured sky noise (`variance_scale` on sky "
+        "pixels, as the LSST stack's ScaleVarianceTask on the difference): the sky-level part of each pixel's "
+        "variance is multiplied by the measured factor (diffimVarianceScale), what sources add above it is kept.",
+    )
     noiseCorrelationRadius: int = Field(  # noqa: N815
         5, ge=0, description="Largest lag [pixels] of the measured noise autocovariance."
     )
@@ -207,6 +216,46 @@ class AlardLuptonSubtractConfig(PipelineTaskConfig, pipelineConnections=AlardLup
 # Decorrelation -----------------------------------------------------------------------------------------------
 
 
+_MIN_SKY_PIXELS = 1000  # fewer sky pixels than this give no noise measurement
+
+
+def _sky_residuals(image: np.ndarray, variance: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``z = (image - median) / sqrt(variance)`` on the sky pixels (0 elsewhere) and the sky-pixel mask."""
+    good = ~exclude & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    z = np.zeros(image.shape)
+    if good.any():
+        z[good] = (image[good] - np.median(image[good])) / np.sqrt(variance[good])
+    return z, good
+
+
+def _robust_variance_of(values: np.ndarray) -> float:
+    """``(1.4826 MAD)^2``: the variance of Gaussian values, hardly moved by a few outliers."""
+    return (1.4826 * float(np.median(np.abs(values - np.median(values))))) ** 2
+
+
+def variance_scale(image: np.ndarray, variance: np.ndarray, exclude: np.ndarray) -> float:
+    """An image's per-pixel noise variance relative to its variance plane, measured on sky pixels.
+
+    The robust variance ``(1.4826 MAD)^2`` of ``z = (image - median) / sqrt(variance)`` over the pixels that are
+    not ``exclude``, finite and with a positive variance: the image-based factor of the LSST stack's
+    ScaleVarianceTask.  1 when the variance plane describes the noise exactly.
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`, shape (h, w)
+        Pixels [any unit] and their variance [unit^2].
+    exclude : `numpy.ndarray`, shape (h, w), bool
+        Pixels that are not sky (sources, bad pixels).
+
+    Returns
+    -------
+    scale : `float`
+        Noise variance / variance plane; NaN when fewer than 1000 pixels are sky.
+    """
+    z, good = _sky_residuals(image, variance, exclude)
+    return _robust_variance_of(z[good]) if good.sum() >= _MIN_SKY_PIXELS else math.nan
+
+
 def noise_correlation(
     image: np.ndarray,
     variance: np.ndarray,
@@ -250,13 +299,10 @@ def noise_correlation(
     h, w = image.shape
     y0, x0 = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
     cut = np.s_[y0 : y0 + max_size, x0 : x0 + max_size]
-    image, variance, exclude = image[cut], variance[cut], exclude[cut]
-    good = ~exclude & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
-    if good.sum() < 1000:
+    z, good = _sky_residuals(image[cut], variance[cut], exclude[cut])
+    if good.sum() < _MIN_SKY_PIXELS:
         return 1.0, identity
-    z = np.zeros(image.shape)
-    z[good] = (image[good] - np.median(image[good])) / np.sqrt(variance[good])
-    scale = (1.4826 * float(np.median(np.abs(z[good])))) ** 2
+    scale = _robust_variance_of(z[good])
     good &= np.abs(z) < clip
     z[~good] = 0.0
     shape = tuple(sp_fft.next_fast_len(n + radius, real=True) for n in z.shape)
@@ -490,8 +536,9 @@ class AlardLuptonSubtractTask(PipelineTask):
     ``templatePsfSize`` (FWHM at the centre [pixels]), ``nKernelSourcesSelected``, ``kernelSum`` (at the image
     centre), ``decorrelationKernelSize``, ``differenceFootprintRatioMean`` and ``differenceFootprintRatioStdev``
     (`difference_footprint_ratio` over the kernel sources), ``differenceNoiseRatio`` (robust standard deviation
-    of the difference over sky pixels / sqrt(median variance)); the kernel solution's metadata is under
-    ``makeKernel``.
+    of difference / sqrt(variance) on sky pixels, before ``doScaleDiffimVariance``: how well the propagated
+    variance predicted the noise), ``diffimVarianceScale`` (the factor applied to the variance plane); the
+    kernel solution's metadata is under ``makeKernel``.
     """
 
     ConfigClass = AlardLuptonSubtractConfig
@@ -600,7 +647,15 @@ class AlardLuptonSubtractTask(PipelineTask):
         )
         self.metadata["differenceFootprintRatioMean"] = ratio_mean
         self.metadata["differenceFootprintRatioStdev"] = ratio_std
-        self.metadata["differenceNoiseRatio"] = self._noise_ratio(results.difference, science)
+        scale, sky_variance = self._diffim_variance_scale(results.difference, science)
+        self.metadata["differenceNoiseRatio"] = math.sqrt(scale)
+        if config.doScaleDiffimVariance and scale > 0:
+            # The correction is to the sky-level noise (the inputs' background noise propagated through the
+            # convolution and decorrelation); the variance sources add above it (their Poisson noise, in the
+            # science variance plane) is kept as it is.
+            variance = results.difference.variance
+            variance += np.float32(scale - 1.0) * np.minimum(variance, np.float32(sky_variance))
+            self.metadata["diffimVarianceScale"] = scale
         self.log.info(
             "Residual flux at kernel stars: mean %.4f, stdev %.4f; difference noise / sqrt(variance) %.3f",
             ratio_mean, ratio_std, self.metadata["differenceNoiseRatio"],
@@ -912,15 +967,10 @@ class AlardLuptonSubtractTask(PipelineTask):
     def _set_kernel_metadata(self, kernel: Kernel, science: Exposure) -> None:
         self.metadata["kernelSum"] = float(kernel.kernel_sum(*science.bbox.center))
 
-    def _noise_ratio(self, difference: Exposure, science: Exposure) -> float:
-        """Robust (1.4826 MAD) standard deviation of the difference over sqrt(median variance), on the pixels
-        where neither the difference nor the science image has a ``varianceMaskPlanes`` bit."""
+    def _diffim_variance_scale(self, difference: Exposure, science: Exposure) -> tuple[float, float]:
+        """`variance_scale` of the difference, and its median variance, on the pixels where neither it nor the
+        science image has a ``varianceMaskPlanes`` bit."""
         bad = difference.mask.get_plane(self.config.varianceMaskPlanes, missing_ok=True)
         bad |= science.mask.get_plane(self.config.varianceMaskPlanes, missing_ok=True)
-        good = ~bad & np.isfinite(difference.image) & np.isfinite(difference.variance)
-        if good.sum() < 100:
-            return math.nan
-        values = difference.image[good].astype(np.float64)
-        mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-        return mad / math.sqrt(float(np.median(difference.variance[good])))
+        return variance_scale(difference.image, difference.variance, bad), _robust_variance(difference.variance, bad)
 
