@@ -12,12 +12,14 @@ Typical use::
 from ._butler import Butler, DeferredDatasetHandle, FileDataset, VerifyReport
 from .datasets import DatasetIdGenEnum, DatasetRef, DatasetType, StorageClass
 from .dimensions import DataCoordinate, DimensionGroup, DimensionRecord, DimensionUniverse
-from .registry import CollectionType, Registry
+from .registry import CollectionType, DatasetAssociation, Registry
+from .timespan import Timespan
 
 __all__ = [
     "Butler",
     "CollectionType",
     "DataCoordinate",
+    "DatasetAssociation",
     "DatasetIdGenEnum",
     "DatasetRef",
     "DatasetType",
@@ -28,5 +30,6 @@ __all__ = [
     "FileDataset",
     "Registry",
     "StorageClass",
+    "Timespan",
     "VerifyReport",
 ]

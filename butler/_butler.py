@@ -25,6 +25,7 @@ from .errors import (
 )
 from .registry import CollectionType, Registry
 from .registry._collections import CollectionArg
+from .timespan import Timespan
 
 __all__ = ["Butler", "DeferredDatasetHandle", "FileDataset"]
 
@@ -87,7 +88,8 @@ class VerifyReport:
     corrupt_files : `list` [`tuple` [`str`, `str`, `str`]]
         (dataset ID, path, reason) of files whose size or checksum differs from the record.
     orphan_files : `list` [`str`]
-        Files under the root that no dataset refers to.
+        Files under the root that no dataset refers to (``.quarantine/`` and the Parsl executor's
+        ``.parsl/`` are not datasets' places and are not searched).
     temp_files : `list` [`str`]
         Temporary files left by interrupted writes.
     datasets_without_records : `list` [`str`]
@@ -424,36 +426,47 @@ class Butler:
         data_id: Mapping[str, Any] | DataCoordinate | None = None,
         *,
         collections: CollectionArg = None,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> DatasetRef | None:
-        """Return the dataset of this type and data ID in the first collection that has one, or `None`."""
+        """Return the dataset of this type and data ID in the first collection that has one, or `None`.
+
+        A calibration found through a CALIBRATION collection must be valid at ``timespan``, or at the
+        time of the data ID's exposure or visit (see `Registry.find_dataset`).
+        """
         if isinstance(dataset_type, DatasetRef):
             return self.registry.get_dataset(dataset_type.id)
         name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
-        return self.registry.find_dataset(name.partition(".")[0], data_id, collections=self._search(collections), **kwargs)
+        return self.registry.find_dataset(
+            name.partition(".")[0], data_id, collections=self._search(collections), timespan=timespan, **kwargs
+        )
 
     def _resolve(
-        self, dataset_ref_or_type: DatasetTypeArg, data_id: Any, collections: CollectionArg, kwargs: dict[str, Any]
+        self,
+        dataset_ref_or_type: DatasetTypeArg,
+        data_id: Any,
+        collections: CollectionArg,
+        kwargs: dict[str, Any],
+        timespan: Timespan | None = None,
     ) -> tuple[DatasetRef, str | None]:
         if isinstance(dataset_ref_or_type, DatasetRef):
             return dataset_ref_or_type, dataset_ref_or_type.dataset_type.component
         name = dataset_ref_or_type if isinstance(dataset_ref_or_type, str) else dataset_ref_or_type.name
         component = name.partition(".")[2] or None
         search = self._search(collections)
-        ref = self.find_dataset(name, data_id, collections=search, **kwargs)
+        ref = self.find_dataset(name, data_id, collections=search, timespan=timespan, **kwargs)
         if ref is None:
-            parent = name.partition(".")[0]
-            std = DataCoordinate.standardize(
-                data_id, universe=self.dimensions, dimensions=self.registry.get_dataset_type(parent).dimensions, **kwargs
-            )
-            raise self._not_found(parent, std, search)
+            raise self._not_found(name.partition(".")[0], data_id, kwargs, search, timespan)
         return ref, component
 
-    @staticmethod
-    def _not_found(name: str, data_id: DataCoordinate, search: CollectionArg) -> DatasetNotFoundError:
+    def _not_found(
+        self, name: str, data_id: Any, kwargs: Mapping[str, Any], search: CollectionArg, timespan: Timespan | None
+    ) -> DatasetNotFoundError:
+        given = DataCoordinate.standardize(data_id, universe=self.dimensions, **kwargs)
         searched = [search] if isinstance(search, str) else list(search or [])
+        when = f" valid during {timespan}" if timespan is not None else ""
         return DatasetNotFoundError(
-            f"no {name!r} dataset with data ID {dict(data_id.items())} in collection(s) {searched}; "
+            f"no {name!r} dataset{when} with data ID {dict(given.items())} in collection(s) {searched}; "
             "check the collections (`butler query-datasets`) and the data ID."
         )
 
@@ -471,6 +484,7 @@ class Butler:
         *,
         collections: CollectionArg = None,
         parameters: Mapping[str, Any] | None = None,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> Any:
         """Read a dataset, or a component of it (``"calexp.wcs"``).
@@ -480,16 +494,22 @@ class Butler:
         dataset_ref_or_type : `str`, `DatasetType` or `DatasetRef`
             A ref, or a dataset type name (``parent.component`` for a component).
         data_id : mapping, optional
-            The data ID (with keyword arguments); not needed with a ref.
+            The data ID (with keyword arguments); not needed with a ref.  For a calibration it may name
+            an exposure or visit instead of a time: ``get("bias", instrument="Cam", exposure=12, detector=3)``.
         collections : `str` or sequence, optional
             Collections to search, first match wins (default: the Butler's).
         parameters : `dict`, optional
             Formatter parameters, e.g. ``{"columns": ["ra", "dec"]}`` for a table.
+        timespan : `Timespan`, optional
+            For a calibration in CALIBRATION collections: the time it must be valid at (default: the
+            data ID's exposure's or visit's time).
 
         Raises
         ------
         DatasetNotFoundError
             If no collection has the dataset.
+        CalibrationLookupError
+            If a calibration lookup has no time, or several datasets are valid at that time in one collection.
         CorruptDatasetError
             If its file is missing, truncated or fails its checksum.
         """
@@ -500,12 +520,11 @@ class Butler:
             name = dataset_ref_or_type if isinstance(dataset_ref_or_type, str) else dataset_ref_or_type.name
             parent, _, component = name.partition(".")
             search = self._search(collections)
-            std = DataCoordinate.standardize(
-                data_id, universe=self.dimensions, dimensions=self.registry.get_dataset_type(parent).dimensions, **kwargs
+            found = self.registry.find_dataset_with_record(
+                parent, data_id, collections=search, timespan=timespan, **kwargs
             )
-            found = self.registry.find_dataset_with_record(parent, std, collections=search)
             if found is None:
-                raise self._not_found(parent, std, search)
+                raise self._not_found(parent, data_id, kwargs, search, timespan)
             ref, record = found
             if record is None:
                 raise self._no_file(ref)
@@ -519,10 +538,11 @@ class Butler:
         *,
         collections: CollectionArg = None,
         parameters: Mapping[str, Any] | None = None,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> DeferredDatasetHandle:
         """Find a dataset now and return a handle that reads it later (`DeferredDatasetHandle.get`)."""
-        ref, component = self._resolve(dataset_ref_or_type, data_id, collections, kwargs)
+        ref, component = self._resolve(dataset_ref_or_type, data_id, collections, kwargs, timespan)
         return DeferredDatasetHandle(self, ref, parameters, component)
 
     def _stored_info(self, ref: DatasetRef) -> StoredFileInfo:
@@ -547,10 +567,12 @@ class Butler:
         data_id: Mapping[str, Any] | DataCoordinate | None = None,
         *,
         collections: CollectionArg = None,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> bool:
-        """Whether the dataset is registered and its file is present."""
-        ref = self.find_dataset(dataset_ref_or_type, data_id, collections=collections, **kwargs)
+        """Whether the dataset is registered and its file is present (calibrations: valid at ``timespan``
+        or at the data ID's exposure/visit time, as in `get`)."""
+        ref = self.find_dataset(dataset_ref_or_type, data_id, collections=collections, timespan=timespan, **kwargs)
         if ref is None:
             return False
         record = self.registry.get_datastore_records([ref.id]).get(ref.id)
@@ -689,6 +711,7 @@ class Butler:
         order_by: Iterable[str] | str | None = None,
         limit: int | None = None,
         explain: bool = True,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> list[DatasetRef]:
         """Datasets of one type in ``collections`` that satisfy the constraints.
@@ -696,10 +719,14 @@ class Butler:
         With ``find_first`` (default) each data ID yields the dataset of the first collection (in
         search order) that has one; without it, every matching dataset, and glob patterns
         (``"u/someone/*"``) may be used as collections.  See `query_data_ids` for the rest.
+
+        Calibrations in CALIBRATION collections match when valid during ``timespan``; a find-first
+        search through them needs ``timespan`` or an exposure/visit in the data ID
+        (`CalibrationLookupError` otherwise).  Without ``find_first`` every certified dataset is listed.
         """
         return self.registry.query_datasets(
             dataset_type, self._search(collections), find_first=find_first, data_id={**(data_id or {}), **kwargs},
-            where=where, bind=bind, order_by=order_by, limit=limit, explain=explain,
+            where=where, bind=bind, order_by=order_by, limit=limit, explain=explain, timespan=timespan,
         )
 
     def query_dimension_records(
@@ -792,7 +819,7 @@ class Butler:
                 except CorruptDatasetError as err:
                     report.corrupt_files.append((str(info.dataset_id), info.path, str(err)))
         report.orphan_files = sorted(
-            p for p in self.datastore.walk_files() if p not in known_paths and not p.startswith(".quarantine/")
+            p for p in self.datastore.walk_files() if p not in known_paths and not p.startswith((".quarantine/", ".parsl/"))
         )
         report.temp_files = sorted(self.datastore.temp_files())
         report.datasets_without_records = [str(i) for i in self.registry.datasets_without_records()]

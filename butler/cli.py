@@ -7,6 +7,7 @@ Every command takes the repository root (``REPO``) as its first argument, as in 
     butler ingest-files repo raw u/me/raw files.ecsv --data-id instrument=SimCam
     butler query-datasets repo calexp -c u/me/run -d "visit IN (1..10) AND band = 'r'" --show-uri
     butler query-data-ids repo visit detector -d "band = 'r'" --format json
+    butler certify-calibrations repo u/me/skyFrames SimCam/calib skyFrame --begin-date 2024-01-01T00:00:00
 
 Query results are printed as astropy tables, or with ``--format json`` as one JSON list of row
 objects (UUIDs and times as strings) and nothing else on standard output.  Errors the user can act on
@@ -44,7 +45,8 @@ from .datasets import DatasetIdGenEnum, DatasetType
 from .datastore import StoredFileInfo
 from .dimensions import DimensionUniverse
 from .errors import ButlerError, EmptyQueryResultError
-from .registry import CollectionType, Registry
+from .registry import CollectionType, DatasetAssociation, Registry
+from .timespan import Timespan
 
 __all__ = ["cli", "main"]
 
@@ -261,6 +263,19 @@ def _resolve_dataset_types(registry: Registry, names: Sequence[str]) -> list[Dat
     return list(out.values())
 
 
+def _validity_rows(
+    row: dict[str, Any], certifications: Sequence[DatasetAssociation]
+) -> list[dict[str, Any]]:
+    """One row per certification of a dataset (or one row with empty validity columns if it has none)."""
+    if not certifications:
+        return [row | {"calibration": None, "valid_from": None, "valid_until": None}]
+    return [
+        row | {"calibration": a.collection, "valid_from": a.timespan.begin, "valid_until": a.timespan.end}
+        for a in certifications
+        if a.timespan is not None
+    ]
+
+
 @cli.command("query-datasets")
 @_repo_argument
 @click.argument("dataset_type", nargs=-1)
@@ -289,7 +304,12 @@ def query_datasets(
     show_uri: bool,
     fmt: str,
 ) -> None:
-    """List datasets of the DATASET_TYPEs (names or globs; default: all), one table per dataset type."""
+    """List datasets of the DATASET_TYPEs (names or globs; default: all), one table per dataset type.
+
+    A calibration dataset type searched in CALIBRATION collections gets one row per certification,
+    with the collection and its validity range (``valid_from`` inclusive, ``valid_until`` exclusive,
+    TAI; empty when unbounded).
+    """
     if find_first and not collections:
         raise click.UsageError("--find-first needs --collections in search order (no glob patterns).")
     tables: list[list[dict[str, Any]]] = []
@@ -314,13 +334,24 @@ def query_datasets(
                 reasons += [f"{dt.name}: {r}" for r in err.reasons]
                 continue
             records = butler.registry.get_datastore_records([r.id for r in refs]) if show_uri else {}
+            certified: dict[Any, list[DatasetAssociation]] | None = None
+            if dt.is_calibration:
+                certified = {}
+                for association in butler.registry.query_dataset_associations(
+                    dt.name, list(collections) or ["*"], collection_types=[CollectionType.CALIBRATION],
+                    where=where, bind=bind,
+                ):
+                    certified.setdefault(association.ref.id, []).append(association)
             rows = []
             for ref in refs:
                 row: dict[str, Any] = {"type": dt.name, "run": ref.run, "id": ref.id, **ref.data_id.required}
                 if show_uri:
                     record = records.get(ref.id)
                     row["URI"] = butler.datastore.abspath(StoredFileInfo(**record)) if record else None
-                rows.append(row)
+                if certified:
+                    rows += _validity_rows(row, certified.get(ref.id, []))
+                else:
+                    rows.append(row)
             tables.append(rows)
     if not tables:
         raise EmptyQueryResultError(reasons)
@@ -508,6 +539,84 @@ def _parent_chains(registry: Registry) -> dict[str, list[str]]:
         for child in registry.get_collection_chain(record.name):
             parents.setdefault(child, []).append(record.name)
     return parents
+
+
+@cli.command("certify-calibrations")
+@_repo_argument
+@click.argument("input_run")
+@click.argument("output_collection")
+@click.argument("dataset_type")
+@click.option(
+    "--begin-date",
+    default=None,
+    help="Start of the validity range, ISO 8601 in TAI (e.g. 2024-01-01T00:00:00); default: unbounded.",
+)
+@click.option(
+    "--end-date", default=None, help="End of the validity range (exclusive), ISO 8601 in TAI; default: unbounded."
+)
+@click.option(
+    "--search-all-inputs",
+    is_flag=True,
+    help="When INPUT_RUN is a CHAINED collection, take the datasets from its whole search path (first match per "
+    "data ID) instead of only from its first child.",
+)
+def certify_calibrations(
+    repo: str, input_run: str, output_collection: str, dataset_type: str, begin_date: str | None,
+    end_date: str | None, search_all_inputs: bool,
+) -> None:
+    """Certify the DATASET_TYPE calibrations of INPUT_RUN into the CALIBRATION collection OUTPUT_COLLECTION.
+
+    OUTPUT_COLLECTION is created if needed.  The datasets become valid from --begin-date until
+    --end-date (TAI); a lookup at a time in that range (e.g. a quantum's visit) finds them.  Validity
+    ranges of one data ID may not overlap within OUTPUT_COLLECTION.
+    """
+    timespan = Timespan(begin_date, end_date)
+    with _open(repo, writeable=True) as butler:
+        registry = butler.registry
+        source = input_run
+        if not search_all_inputs and registry.get_collection_type(input_run) is CollectionType.CHAINED:
+            children = registry.get_collection_chain(input_run)
+            if not children:
+                raise ButlerError(f"chained collection {input_run!r} is empty; nothing was certified.")
+            source = children[0]
+        # The datasets to certify come from RUN/TAGGED collections; certified ones would need a time to be found.
+        search = [c.name for c in registry.resolve_collections(source) if c.type is not CollectionType.CALIBRATION]
+        refs = butler.query_datasets(dataset_type, search, find_first=True, explain=False) if search else []
+        if not refs:
+            raise ButlerError(
+                f"there are no {dataset_type!r} datasets in {source!r}; nothing was certified. Check the input "
+                "collection (`butler query-datasets`)"
+                + ("" if search_all_inputs else ", or pass --search-all-inputs to search a whole chain")
+                + "."
+            )
+        with registry.transaction():
+            registry.register_collection(output_collection, CollectionType.CALIBRATION)
+            n = registry.certify(output_collection, refs, timespan)
+    click.echo(
+        f"Certified {n} {dataset_type!r} dataset(s) from {source!r} into CALIBRATION collection "
+        f"{output_collection!r}, valid {timespan}."
+    )
+
+
+@cli.command("remove-collection")
+@_repo_argument
+@click.argument("name")
+@click.option("--no-confirm", is_flag=True, help="Remove without asking.")
+def remove_collection(repo: str, name: str, no_confirm: bool) -> None:
+    """Remove the TAGGED, CALIBRATION or CHAINED collection NAME (its datasets stay in their runs).
+
+    Use remove-runs for RUN collections.
+    """
+    with _open(repo, writeable=True) as butler:
+        registry = butler.registry
+        ctype = registry.get_collection_type(name)
+        if ctype is CollectionType.RUN:
+            raise ButlerError(f"{name!r} is a RUN collection; remove it with `butler remove-runs` (which deletes its datasets).")
+        if not no_confirm and not click.confirm(f"Remove {ctype.name} collection {name!r}?", default=False):
+            click.echo("Aborted; nothing was removed.")
+            return
+        registry.remove_collection(name)
+    click.echo(f"Removed {ctype.name} collection {name!r}.")
 
 
 @cli.command("remove-runs")

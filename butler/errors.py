@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "ButlerError",
+    "CalibrationLookupError",
     "CollectionCycleError",
     "CollectionError",
     "CollectionTypeError",
@@ -35,6 +36,7 @@ __all__ = [
     "QueryError",
     "RepositoryNotFoundError",
     "StorageClassError",
+    "TimespanError",
     "did_you_mean",
 ]
 
@@ -128,6 +130,18 @@ class CollectionCycleError(CollectionError):
 
 class DatasetNotFoundError(ButlerError, LookupError):
     """No dataset matches the dataset type, data ID and collections given."""
+
+
+class CalibrationLookupError(ButlerError, LookupError):
+    """A calibration lookup through a CALIBRATION collection cannot give one answer.
+
+    Either no timespan is known (the data ID has no exposure or visit and none was given), or several
+    datasets of one data ID are valid at the requested time in one collection.
+    """
+
+
+class TimespanError(ButlerError, ValueError):
+    """A timespan is malformed: a bound that is not a time, or an end before the begin."""
 
 
 class DuplicateDatasetError(ConflictingDefinitionError):

@@ -13,10 +13,12 @@ Manifest layout (format version 1)::
     dimension_records:                 # universe (dependency) order
       - {element: instrument, records: [{name: HSC, ...}, ...]}
     dataset_types: [{name: calexp, dimensions: [...], storage_class: ..., is_calibration: false}]
-    collections:                       # RUN, then TAGGED, then CHAINED (children before parents)
+    collections:                       # RUN, TAGGED, CALIBRATION, then CHAINED (children before parents)
       - {name: run1, type: RUN, doc: null}
       - {name: best, type: TAGGED, doc: null, datasets: [<uuid>, ...]}
-      - {name: all, type: CHAINED, doc: null, children: [best, run1]}
+      - {name: calib, type: CALIBRATION, doc: null,
+         certifications: [{dataset: <uuid>, timespan: [<begin TAI ns or null>, <end TAI ns or null>]}, ...]}
+      - {name: all, type: CHAINED, doc: null, children: [best, calib, run1]}
     datasets:
       - {id: <uuid>, dataset_type: calexp, run: run1, data_id: {instrument: HSC, ...},
          path: run1/calexp/..., formatter: ..., storage_class: ..., checksum: "sha256:...",
@@ -50,6 +52,7 @@ from .errors import (
 )
 from .registry import CollectionType, Registry
 from .registry._collections import CollectionArg, CollectionRecord
+from .timespan import Timespan
 
 __all__ = ["EXPORT_FORMAT_VERSION", "MANIFEST_NAME", "export_datasets", "import_datasets"]
 
@@ -99,8 +102,8 @@ def export_datasets(
         Where to write; created if absent, and it must be empty if it exists.
     collections : `str` or sequence of `str`, optional
         Collections to export datasets from (glob patterns allowed).  Default: the Butler's
-        collections, or every RUN collection when it has none.  When given explicitly, the TAGGED
-        and CHAINED collections among them (and inside the chains) are exported too.
+        collections, or every RUN collection when it has none.  When given explicitly, the TAGGED,
+        CALIBRATION and CHAINED collections among them (and inside the chains) are exported too.
     dataset_types : `str` or iterable of `str`, optional
         Names or glob patterns of the dataset types to export (default: all registered types).
     where : `str`, optional
@@ -129,8 +132,9 @@ def export_datasets(
     ``directory/direct/<id>_<name>``.  The dimension records exported are those of every element of
     each dataset's data ID (implied ones included) and every record those depend on, so an import
     never lacks a referenced record.  RUN collections holding exported datasets are always exported;
-    TAGGED collections (with their exported members) and CHAINED collections (with their children)
-    only when ``collections`` is given, and a chain only if all of its children are exported.
+    TAGGED collections (with their exported members), CALIBRATION collections (with the validity
+    ranges of their exported members) and CHAINED collections (with their children) only when
+    ``collections`` is given, and a chain only if all of its children are exported.
     """
     root = Path(directory).expanduser()
     _check_export_directory(root)
@@ -315,13 +319,23 @@ def _export_collections(
     runs = {r.run for r in refs}
     exported_ids = {r.id for r in refs}
     tagged = [c for c in named if c.type is CollectionType.TAGGED]
+    calibrations = [c for c in named if c.type is CollectionType.CALIBRATION]
     chains = [c for c in named if c.type is CollectionType.CHAINED]
     out = []
     for record in tagged:
         members = _tagged_members(butler, record.name, types, where, bind) & exported_ids
         ids = sorted(str(i) for i in members)
         out.append({"name": record.name, "type": "TAGGED", "doc": record.doc, "datasets": ids})
-    available = runs | {c.name for c in tagged}
+    for record in calibrations:
+        certifications = [
+            {"dataset": str(a.ref.id), "timespan": a.timespan.to_simple()}
+            for dt in types
+            if dt.is_calibration
+            for a in registry.query_dataset_associations(dt.name, [record.name], where=where, bind=bind)
+            if a.ref.id in exported_ids and a.timespan is not None
+        ]
+        out.append({"name": record.name, "type": "CALIBRATION", "doc": record.doc, "certifications": certifications})
+    available = runs | {c.name for c in tagged} | {c.name for c in calibrations}
     for record in _chains_children_first(registry, chains):
         children = list(registry.get_collection_chain(record.name))
         lacking = [c for c in children if c not in available]
@@ -468,6 +482,7 @@ class _Manifest:
     dataset_types: list[DatasetType]
     runs: list[tuple[str, str | None]]
     tagged: list[tuple[str, str | None, list[uuid.UUID]]]
+    calibrations: list[tuple[str, str | None, list[tuple[uuid.UUID, Timespan]]]]
     chains: list[tuple[str, str | None, list[str]]]
     datasets: list[_ImportedDataset]
 
@@ -600,6 +615,14 @@ def _build_manifest(raw: Mapping[str, Any], root: Path, universe: DimensionUnive
             (c["name"], c.get("doc"), [uuid.UUID(str(i)) for i in c.get("datasets") or []])
             for c in collections if c["type"] == "TAGGED"
         ],
+        calibrations=[
+            (
+                c["name"],
+                c.get("doc"),
+                [(uuid.UUID(str(e["dataset"])), Timespan.from_simple(e["timespan"])) for e in c.get("certifications") or []],
+            )
+            for c in collections if c["type"] == "CALIBRATION"
+        ],
         chains=[
             (c["name"], c.get("doc"), [str(x) for x in c["children"]])
             for c in collections if c["type"] == "CHAINED"
@@ -662,7 +685,9 @@ def _import_all(butler: Butler, manifest: _Manifest, transfer: str, written: lis
             written.append(info)
         rows.append(_checked(butler.datastore, info, dataset).to_record())
     registry.insert_datastore_records(rows)
-    _import_tagged(registry, manifest, {r.id: r for r in refs})
+    by_id = {r.id: r for r in refs}
+    _import_tagged(registry, manifest, by_id)
+    _import_calibrations(registry, manifest, by_id)
     _import_chains(registry, manifest)
 
 
@@ -712,6 +737,28 @@ def _import_tagged(registry: Registry, manifest: _Manifest, refs: Mapping[uuid.U
             )
         if ids:
             registry.associate(name, [refs[i] for i in ids])
+
+
+def _import_calibrations(registry: Registry, manifest: _Manifest, refs: Mapping[uuid.UUID, DatasetRef]) -> None:
+    """Register the CALIBRATION collections and certify their members over their validity ranges.
+
+    Raises
+    ------
+    ConflictingDefinitionError
+        If a certification overlaps one already in the target collection.
+    """
+    for name, doc, certifications in manifest.calibrations:
+        registry.register_collection(name, CollectionType.CALIBRATION, doc)
+        by_span: dict[Timespan, list[DatasetRef]] = {}
+        for dataset_id, timespan in certifications:
+            if dataset_id not in refs:
+                raise ConfigError(
+                    f"the export manifest certifies dataset {dataset_id} in CALIBRATION collection {name!r} but does "
+                    "not export it; the manifest is damaged."
+                )
+            by_span.setdefault(timespan, []).append(refs[dataset_id])
+        for timespan, group in by_span.items():
+            registry.certify(name, group, timespan)
 
 
 def _import_chains(registry: Registry, manifest: _Manifest) -> None:

@@ -9,7 +9,9 @@
    in the input collections, indexed by data ID;
 3. tasks are visited in pipeline order: each candidate quantum collects its input refs by dictionary
    lookups (by the dimensions it shares with each input; a spatial relation -- a visit-detector input
-   of a tract-patch quantum -- is resolved by one query over both dimension groups), is pruned when an
+   of a tract-patch quantum -- is resolved by one query over both dimension groups; a calibration
+   searched through CALIBRATION collections is the one valid at the time of the quantum's exposure or
+   visit, chosen in Python among the candidates and validity ranges of one query), is pruned when an
    input has fewer than ``minimum`` refs or a prerequisite is missing, passes through the task's
    ``adjustQuantum``, and predicts its outputs with deterministic IDs; downstream tasks see only the
    outputs of surviving quanta, so pruning cascades;
@@ -37,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from butler import (
     DataCoordinate,
+    DatasetAssociation,
     DatasetIdGenEnum,
     DatasetRef,
     DatasetType,
     DimensionGroup,
+    Timespan,
 )
 from butler.datasets import _DATASET_ID_NAMESPACE
 from butler.datastore import StoredFileInfo
@@ -314,6 +318,7 @@ class _Builder:
         self.where_dims: set[str] | None = set()
         self._spatial_pairs: dict[tuple[DimensionGroup, DimensionGroup], dict[Key, list[Key]]] = {}
         self._registered: set[str] = set()
+        self._search: list[Any] = []  # the input collections' search path (CollectionRecords)
 
     # Entry point --------------------------------------------------------------------------------------
 
@@ -369,7 +374,7 @@ class _Builder:
         if not self.input_collections:
             raise GraphBuildError("no input collections: give the collections to read inputs from (-i/--input).")
         try:
-            self.registry.resolve_collections(self.input_collections)
+            self._search = self.registry.resolve_collections(self.input_collections)
         except ButlerError as err:
             raise GraphBuildError(f"the input collections cannot be searched: {err}") from None
         known = {c.name: c for c in self.registry.query_collections()}
@@ -536,7 +541,9 @@ class _Builder:
             for name in union.elements
         )
 
-    def _resolver(self, task: TaskNode, connection: BaseConnection, node: DatasetTypeNode) -> Callable[[Key, DataCoordinate], list[DatasetRef]]:
+    def _resolver(
+        self, task: TaskNode, connection: BaseConnection, node: DatasetTypeNode, candidates: list[DataCoordinate]
+    ) -> Callable[[Key, DataCoordinate], list[DatasetRef]]:
         """A function: quantum full values -> the input refs of one connection (dictionary lookups only)."""
         qdims = task.dimensions
         qkeys = qdims.data_coordinate_keys
@@ -551,6 +558,8 @@ class _Builder:
                 return refs
 
             return by_function
+        if node.producer is None and self._searches_calibrations(node):
+            return self._calibration_resolver(task, node, candidates)
         index = self._existing_index(node) if node.producer is None else self.available.setdefault(node.name, {})
         qnames = set(qdims.names)
         if set(ddims.required) <= qnames:
@@ -604,6 +613,93 @@ class _Builder:
 
         return by_shared
 
+    def _searches_calibrations(self, node: DatasetTypeNode) -> bool:
+        """Whether a dataset type is a calibration and the input collections include CALIBRATION ones."""
+        if not any(c.type is CollectionType.CALIBRATION for c in self._search):
+            return False
+        return node.name in self._registered and self.registry.get_dataset_type(node.name).is_calibration
+
+    def _calibration_resolver(
+        self, task: TaskNode, node: DatasetTypeNode, candidates: list[DataCoordinate]
+    ) -> Callable[[Key, DataCoordinate], list[DatasetRef]]:
+        """Refs of a calibration valid at each quantum's exposure or visit time.
+
+        One registry query fetches every candidate dataset in the input collections with its validity
+        range (`Registry.query_dataset_associations`); the quanta's times come from their exposure (else
+        visit) records.  Per quantum, the calibration data IDs related through the shared dimensions
+        (all detectors of a visit's physical_filter for a per-visit quantum) each get the dataset of the
+        first collection in search order that is valid at the quantum's time (RUN/TAGGED: always).
+
+        Raises
+        ------
+        GraphBuildError
+            If the quanta have neither exposure nor visit, a quantum's record has no time, or several
+            datasets of one data ID are valid at a quantum's time in one CALIBRATION collection.
+        """
+        qdims = task.dimensions
+        qnames = set(qdims.names)
+        calibs = [c.name for c in self._search if c.type is CollectionType.CALIBRATION]
+        if "exposure" not in qnames and "visit" not in qnames:
+            raise GraphBuildError(
+                f"task {task.label!r} reads the calibration {node.name!r}, and the input collections include the "
+                f"CALIBRATION collection(s) {calibs}, but its quanta ({qdims}) have no exposure or visit whose time "
+                "selects the valid calibration. Give the connection a lookupFunction, or search RUN collections only."
+            )
+        try:
+            spans = self.registry.data_id_timespans(candidates)
+            associations = self.registry.query_dataset_associations(
+                node.name, self.input_collections, explain=False, **self._dataset_query_args(node.dimensions)
+            )
+        except ButlerError as err:
+            raise GraphBuildError(f"the lookup of calibration {node.name!r} for task {task.label!r} failed: {err}") from None
+        nreq = len(qdims.required)
+        time_of = {d.required_values: span for d, span in zip(candidates, spans)}
+        ddims = node.dimensions
+        qkeys = qdims.data_coordinate_keys
+        shared = [d for d in ddims.data_coordinate_keys if d in qnames]
+        qpositions = [qkeys.index(d) for d in shared]
+        data_ids = [a.ref.data_id for a in associations]
+        if not all(d in ddims.required for d in shared):
+            data_ids = self._full_data_ids(data_ids)
+        # shared values -> calibration data ID -> collection -> candidates
+        grouped: dict[Key, dict[Key, dict[str, list[DatasetAssociation]]]] = {}
+        for association, data_id in zip(associations, data_ids):
+            by_data_id = grouped.setdefault(tuple(data_id[d] for d in shared), {})
+            by_data_id.setdefault(data_id.required_values, {}).setdefault(association.collection, []).append(association)
+        order = self._search
+        label = task.label
+
+        def pick(by_collection: dict[str, list[DatasetAssociation]], span: Timespan, data_id: DataCoordinate) -> DatasetRef | None:
+            for collection in order:
+                found = by_collection.get(collection.name)
+                if not found:
+                    continue
+                if collection.type is not CollectionType.CALIBRATION:
+                    return found[0].ref
+                valid = {a.ref.id: a for a in found if a.timespan is not None and a.timespan.overlaps(span)}
+                if len(valid) > 1:
+                    listed = "; ".join(f"{a.ref.id} (run {a.ref.run!r}, valid {a.timespan})" for a in valid.values())
+                    raise GraphBuildError(
+                        f"quantum {label} {data_id}: {len(valid)} {node.name!r} datasets with data ID "
+                        f"{next(iter(valid.values())).ref.data_id} are valid during {span} in CALIBRATION collection "
+                        f"{collection.name!r}: {listed}. Decertify the overlapping ranges."
+                    )
+                if valid:
+                    return next(iter(valid.values())).ref
+            return None
+
+        def by_time(values: Key, data_id: DataCoordinate) -> list[DatasetRef]:
+            span = time_of[values[:nreq]]
+            refs = []
+            for _, by_collection in sorted(grouped.get(tuple(values[i] for i in qpositions), {}).items()):
+                ref = pick(by_collection, span, data_id)
+                if ref is not None:
+                    refs.append(ref)
+                    self.existing_ids.add(ref.id)
+            return refs
+
+        return by_time
+
     def _full_data_ids(self, data_ids: list[DataCoordinate]) -> list[DataCoordinate]:
         """Data IDs with their implied values (one registry query per element for those that lack them)."""
         lacking = [d for d in data_ids if not d.has_full()]
@@ -620,7 +716,7 @@ class _Builder:
 
     # Quanta -------------------------------------------------------------------------------------------------
 
-    def _input_specs(self, task: TaskNode) -> list[_InputSpec]:
+    def _input_specs(self, task: TaskNode, candidates: list[DataCoordinate]) -> list[_InputSpec]:
         specs = []
         # Regular inputs first (they prune), then prerequisites.
         items = sorted(self.pg.inputs_of(task.label).items(), key=lambda item: isinstance(item[1][0], PrerequisiteInput))
@@ -631,7 +727,7 @@ class _Builder:
                     name,
                     connection,
                     node,
-                    self._resolver(task, connection, node),
+                    self._resolver(task, connection, node, candidates),
                     constraint=not getattr(connection, "deferGraphConstraint", False),
                     prerequisite=prerequisite,
                     minimum=getattr(connection, "minimum", 1),
@@ -707,7 +803,7 @@ class _Builder:
             skipped = [d for d in candidates if d.required_values in skip_keys]
             report.skipped = len(skipped)
             self._add_skipped_outputs(task, skipped)
-        inputs = self._input_specs(task)
+        inputs = self._input_specs(task, candidates)
         outputs = self._output_specs(task)
         single_inputs = [(spec.name, spec.node.name) for spec in inputs if not spec.connection.multiple]
         connections = task.connections

@@ -128,6 +128,8 @@ class DatasetManager:
         t = self._tables.dataset_type
         with self._db.transaction(write=True) as conn:
             tags.create(conn, checkfirst=True)
+            if dataset_type.is_calibration:
+                self._tables.calib_table(dataset_type.dimensions).create(conn, checkfirst=True)
             new_id = conn.execute(
                 t.insert()
                 .values(

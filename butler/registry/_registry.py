@@ -19,13 +19,16 @@ from ..dimensions import (
     DimensionUniverse,
 )
 from ..errors import (
+    CalibrationLookupError,
     CollectionError,
     ConfigError,
     EmptyQueryResultError,
     InvalidQueryError,
 )
+from ..timespan import Timespan
+from ._calibrations import CalibrationManager, DatasetAssociation, is_calibration_search
 from ._collections import CollectionArg, CollectionManager, CollectionRecord
-from ._datasets import DatasetManager
+from ._datasets import DatasetManager, DatasetTypeRecord
 from ._db import Database
 from ._dimension_records import DimensionRecordStorage
 from .expressions import parse_where
@@ -56,7 +59,8 @@ class Registry:
         self._collections = CollectionManager(db, self.tables)
         self._records = DimensionRecordStorage(db, self.tables, universe)
         self._datasets = DatasetManager(db, self.tables, universe, self._collections, self._records)
-        self._queries = QueryRunner(db, self.tables)
+        self._calibrations = CalibrationManager(db, self.tables, self._collections, self._datasets)
+        self._queries = QueryRunner(db, self.tables, lambda collection_id: self._collections.by_id(collection_id).name)
         record = self.tables.datastore_record
         self._record_by_id = sa.select(record).where(record.c.dataset_id == sa.bindparam("id"))
 
@@ -138,6 +142,7 @@ class Registry:
     def clear_caches(self) -> None:
         self._collections.clear_cache()
         self._datasets.clear_cache()
+        self._calibrations.clear_cache()
         self._records.clear_cache()
 
     # Dimension records -----------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ class Registry:
     # Collections -----------------------------------------------------------------------------------------
 
     def register_collection(self, name: str, type: CollectionType = CollectionType.TAGGED, doc: str | None = None) -> bool:
-        """Register a collection; return whether it was new."""
+        """Register a collection (a CALIBRATION one for `certify`); return whether it was new."""
         return self._collections.register(name, type, doc)[1]
 
     def register_run(self, name: str, doc: str | None = None) -> bool:
@@ -223,11 +228,15 @@ class Registry:
         return self._collections.query(pattern, types=types, flatten_chains=flatten_chains)
 
     def resolve_collections(self, collections: CollectionArg, *, allow_patterns: bool = False) -> list[CollectionRecord]:
-        """The RUN/TAGGED collections a search visits, in order."""
+        """The RUN/TAGGED/CALIBRATION collections a search visits, in order."""
         return self._collections.resolve_search(collections, allow_patterns=allow_patterns)
 
     def remove_collection(self, name: str) -> None:
-        """Remove a TAGGED or CHAINED collection, or a RUN collection that holds no datasets."""
+        """Remove a TAGGED, CALIBRATION or CHAINED collection, or a RUN collection that holds no datasets.
+
+        The datasets of a TAGGED or CALIBRATION collection stay in their runs; only the collection's
+        memberships (and certifications) go.
+        """
         record = self._collections.get(name)
         if record.type is CollectionType.RUN and self._datasets.refs_in_runs([record]):
             raise CollectionError(f"RUN collection {name!r} still holds datasets; use Butler.remove_runs.")
@@ -304,29 +313,244 @@ class Registry:
         data_id: Mapping[str, Any] | DataCoordinate | None = None,
         *,
         collections: CollectionArg,
+        timespan: Timespan | None = None,
         **kwargs: Any,
     ) -> DatasetRef | None:
-        """Return the dataset of this type and data ID in the first collection that has one, or `None`."""
+        """Return the dataset of this type and data ID in the first collection that has one, or `None`.
+
+        Parameters
+        ----------
+        dataset_type : `str` or `DatasetType`
+        data_id : mapping or `DataCoordinate`, optional
+            The data ID (keyword arguments are added).  For a calibration it may hold more dimensions
+            than the dataset type's: an ``exposure`` or ``visit`` gives the lookup time (its record's
+            ``[datetime_begin, datetime_end)``) and the values it implies (``physical_filter``).
+        collections : `str` or sequence of `str`
+            The search path; CHAINED collections are expanded.
+        timespan : `Timespan`, optional
+            For a calibration: the time the dataset must be valid at in CALIBRATION collections of the
+            search path (default: the exposure's or visit's).  RUN and TAGGED collections match at any time.
+
+        Raises
+        ------
+        CalibrationLookupError
+            If a calibration is looked up through a CALIBRATION collection without a timespan or an
+            exposure/visit in the data ID, or several datasets are valid at that time in one collection.
+        """
         name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
         record = self._datasets.get_type(name)
+        colls = self._collections.resolve_search(collections)
+        if is_calibration_search(record, colls):
+            std, span = self._calibration_lookup(record, data_id, kwargs, timespan, colls)
+            return self._calibrations.find(record, [std], [span], colls)[0]
         std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=record.dataset_type.dimensions, **kwargs)
-        found = self._datasets.find_many(record, [std], self._collections.resolve_search(collections))
-        return found.get(std)
+        return self._datasets.find_many(record, [std], colls).get(std)
 
     def find_dataset_with_record(
-        self, dataset_type: str, data_id: DataCoordinate, *, collections: CollectionArg
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, Any] | DataCoordinate | None,
+        *,
+        collections: CollectionArg,
+        timespan: Timespan | None = None,
+        **kwargs: Any,
     ) -> tuple[DatasetRef, dict[str, Any] | None] | None:
-        """`find_dataset` that also returns the dataset's datastore record (or `None`), in one query."""
+        """`find_dataset` that also returns the dataset's datastore record (or `None`); one query for
+        anything but a calibration lookup through CALIBRATION collections."""
         record = self._datasets.get_type(dataset_type)
-        std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=record.dataset_type.dimensions)
-        return self._datasets.find_one(record, std, self._collections.resolve_search(collections))
+        colls = self._collections.resolve_search(collections)
+        if is_calibration_search(record, colls):
+            std, span = self._calibration_lookup(record, data_id, kwargs, timespan, colls)
+            ref = self._calibrations.find(record, [std], [span], colls)[0]
+            return None if ref is None else (ref, self.get_datastore_records([ref.id]).get(ref.id))
+        std = DataCoordinate.standardize(data_id, universe=self.universe, dimensions=record.dataset_type.dimensions, **kwargs)
+        return self._datasets.find_one(record, std, colls)
 
     def find_datasets(
-        self, dataset_type: str, data_ids: Sequence[DataCoordinate], *, collections: CollectionArg
+        self,
+        dataset_type: str,
+        data_ids: Sequence[DataCoordinate],
+        *,
+        collections: CollectionArg,
+        timespans: Sequence[Timespan] | None = None,
     ) -> dict[DataCoordinate, DatasetRef]:
-        """`find_dataset` for many data IDs at once (one query)."""
+        """`find_dataset` for many distinct data IDs at once (one query).
+
+        Parameters
+        ----------
+        timespans : sequence of `Timespan`, optional
+            For a calibration searched through CALIBRATION collections: the lookup time of each data ID
+            (same order).  Default: the times of the data IDs' exposures or visits, which then must be
+            among their dimensions.
+
+        Returns
+        -------
+        found : `dict` [`DataCoordinate`, `DatasetRef`]
+            By data ID as given (a calibration's found through a visit's data ID is keyed by that data
+            ID); data IDs with no dataset are left out.
+
+        Raises
+        ------
+        CalibrationLookupError
+            As `find_dataset`; also if ``timespans`` does not have one timespan per data ID.
+        """
         record = self._datasets.get_type(dataset_type)
-        return self._datasets.find_many(record, data_ids, self._collections.resolve_search(collections))
+        colls = self._collections.resolve_search(collections)
+        if not is_calibration_search(record, colls):
+            return self._datasets.find_many(record, data_ids, colls)
+        if timespans is None:
+            timespans = self.data_id_timespans(data_ids)
+        elif len(timespans) != len(data_ids):
+            raise CalibrationLookupError(f"got {len(timespans)} timespans for {len(data_ids)} data IDs; give one per data ID.")
+        by_group: dict[DimensionGroup, list[DataCoordinate]] = {}
+        for d in data_ids:  # implied values (a visit's physical_filter) may be required by the calibration
+            if not d.has_full():
+                by_group.setdefault(d.dimensions, []).append(d)
+        full = {d: e for group in by_group.values() for d, e in zip(group, self.expand_data_ids(group, full_only=True))}
+        std = DataCoordinate.standardize_many([full.get(d, d) for d in data_ids], record.dataset_type.dimensions)
+        found = self._calibrations.find(record, std, list(timespans), colls)
+        return {data_id: ref for data_id, ref in zip(data_ids, found) if ref is not None}
+
+    def _calibration_lookup(
+        self,
+        record: DatasetTypeRecord,
+        data_id: Mapping[str, Any] | DataCoordinate | None,
+        kwargs: Mapping[str, Any],
+        timespan: Timespan | None,
+        collections: Sequence[CollectionRecord],
+    ) -> tuple[DataCoordinate, Timespan]:
+        """The data ID (dataset type's dimensions) and lookup time of a calibration lookup."""
+        dt = record.dataset_type
+        given = DataCoordinate.standardize(data_id, universe=self.universe, **kwargs)
+        temporal = next((e for e in ("exposure", "visit") if e in given.dimensions.names), None)
+        lacking = any(d not in given for d in dt.dimensions.required)
+        if temporal is not None and (timespan is None or lacking):
+            given = self.expand_data_id(given)
+            if timespan is None:
+                timespan = Timespan.from_record(given.records[temporal])
+        if timespan is None:
+            raise self._no_time_error(dt.name, collections)
+        return DataCoordinate.standardize(given, dimensions=dt.dimensions), timespan
+
+    @staticmethod
+    def _no_time_error(name: str, collections: Sequence[CollectionRecord]) -> CalibrationLookupError:
+        calibs = [c.name for c in collections if c.type is CollectionType.CALIBRATION]
+        return CalibrationLookupError(
+            f"{name!r} is a calibration dataset type and the search goes through CALIBRATION collection(s) {calibs}, "
+            "where datasets are valid over time ranges: give the time of the lookup with timespan=Timespan(begin, "
+            "end), or a data ID with an exposure or visit (whose time is used)."
+        )
+
+    def data_id_timespans(self, data_ids: Sequence[DataCoordinate]) -> list[Timespan]:
+        """The time each data ID was taken: its exposure's (else visit's) ``[datetime_begin, datetime_end)``.
+
+        One registry query per 500 distinct exposures or visits (records are cached).
+
+        Raises
+        ------
+        CalibrationLookupError
+            If a data ID has neither an exposure nor a visit.
+        TimespanError
+            If a record has no ``datetime_begin``.
+        """
+        wanted: list[tuple[str, tuple]] = []
+        by_element: dict[str, set[tuple]] = {}
+        for data_id in data_ids:
+            names = data_id.dimensions.names
+            if "exposure" not in names and "visit" not in names:
+                raise CalibrationLookupError(
+                    f"data ID {data_id} has no exposure or visit, so its time is unknown; give the timespans explicitly."
+                )
+            element = self.universe["exposure" if "exposure" in names else "visit"]
+            key = tuple(data_id[d] for d in element.required)
+            wanted.append((element.name, key))
+            by_element.setdefault(element.name, set()).add(key)
+        records = {name: self._records.fetch(self.universe[name], keys) for name, keys in by_element.items()}
+        out: list[Timespan] = []
+        for (name, key), data_id in zip(wanted, data_ids):
+            found = records[name].get(key)
+            if found is None:
+                raise CalibrationLookupError(f"no {name} record for data ID {data_id}; register it first.")
+            out.append(Timespan.from_record(found))
+        return out
+
+    # Calibrations -------------------------------------------------------------------------------------------
+
+    def certify(self, collection: str, refs: Iterable[DatasetRef], timespan: Timespan) -> int:
+        """Certify calibration datasets into a CALIBRATION collection as valid over ``timespan``.
+
+        All in one transaction: either every dataset is certified or none is.
+
+        Parameters
+        ----------
+        collection : `str`
+            A registered CALIBRATION collection.
+        refs : iterable of `DatasetRef`
+            Datasets of calibration dataset types, already in the repository (each certified once).
+        timespan : `Timespan`
+            The validity range, ``[begin, end)``; `None` bounds are unbounded.
+
+        Returns
+        -------
+        n : `int`
+            Number of datasets certified.
+
+        Raises
+        ------
+        CollectionTypeError
+            If ``collection`` is not a CALIBRATION collection.
+        DatasetTypeError
+            If a dataset type is not a calibration (``is_calibration``).
+        ConflictingDefinitionError
+            If a dataset type and data ID would have overlapping validity ranges in the collection (the
+            message names both ranges).
+        DatasetNotFoundError
+            If a ref is not in the repository.
+        TimespanError
+            If ``timespan`` is empty.
+        """
+        with self.transaction():
+            return self._calibrations.certify(collection, refs, timespan)
+
+    def decertify(
+        self,
+        collection: str,
+        dataset_type: str | DatasetType,
+        timespan: Timespan,
+        *,
+        data_ids: Iterable[Mapping[str, Any] | DataCoordinate] | None = None,
+    ) -> int:
+        """Make datasets of one type invalid over ``timespan`` in a CALIBRATION collection.
+
+        Validity ranges inside ``timespan`` are removed, ranges that overlap it are truncated, and a
+        range that contains it is split in two (daf_butler's semantics).  One transaction.
+
+        Parameters
+        ----------
+        collection : `str`
+            A CALIBRATION collection.
+        dataset_type : `str` or `DatasetType`
+            A calibration dataset type.
+        timespan : `Timespan`
+            The time to remove; ``Timespan(None, None)`` removes everything.
+        data_ids : iterable of data IDs, optional
+            Only these data IDs (default: all).
+
+        Returns
+        -------
+        n : `int`
+            Number of validity ranges removed, truncated or split.
+
+        Raises
+        ------
+        CollectionTypeError, DatasetTypeError
+            If the collection is not CALIBRATION or the dataset type not a calibration.
+        """
+        name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
+        record = self._datasets.get_type(name)
+        std = None if data_ids is None else DataCoordinate.standardize_many(data_ids, record.dataset_type.dimensions)
+        with self.transaction():
+            return self._calibrations.decertify(collection, name, timespan, data_ids=std)
 
     def get_dataset(self, id: uuid.UUID) -> DatasetRef | None:
         """Return the dataset with this ID, or `None`."""
@@ -427,12 +651,18 @@ class Registry:
             **kwargs,
         )
 
+    def _dataset_search(
+        self, record: DatasetTypeRecord, collections: list[CollectionRecord], timespan: Timespan | None = None
+    ) -> DatasetSearch:
+        calibs = self._calibrations.table(record) if is_calibration_search(record, collections) else None
+        return DatasetSearch(record, collections, calibs=calibs, timespan=timespan)
+
     def _searches(self, datasets: Iterable[str] | str | None, collections: CollectionArg) -> list[DatasetSearch]:
         if datasets is None:
             return []
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         colls = self._collections.resolve_search(collections, allow_patterns=True)
-        return [DatasetSearch(self._datasets.get_type(n), colls) for n in names]
+        return [self._dataset_search(self._datasets.get_type(n), colls) for n in names]
 
     def _run(self, spec: QuerySpec, explain: bool) -> list[tuple]:
         rows = self._queries.rows(spec)
@@ -476,15 +706,30 @@ class Registry:
         order_by: Iterable[str] | str | None = None,
         limit: int | None = None,
         explain: bool = False,
+        timespan: Timespan | None = None,
     ) -> list[DatasetRef]:
-        """Datasets of one type in the collections that satisfy the constraints; see `Butler.query_datasets`."""
+        """Datasets of one type in the collections that satisfy the constraints; see `Butler.query_datasets`.
+
+        For a calibration dataset type, a dataset of a CALIBRATION collection matches when its validity
+        range overlaps ``timespan`` (every certified dataset matches without one).  A find-first search
+        through CALIBRATION collections needs a time: ``timespan``, or an exposure or visit in
+        ``data_id`` (its record's time is used).
+
+        Raises
+        ------
+        CalibrationLookupError
+            If a find-first calibration search has no time, or finds several datasets of one data ID
+            valid at that time in one CALIBRATION collection.
+        """
         name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
         record = self._datasets.get_type(name)
         colls = self._collections.resolve_search(collections, allow_patterns=not find_first)
         dt = record.dataset_type
+        if find_first and timespan is None and is_calibration_search(record, colls):
+            timespan = self._data_id_timespan(record, data_id, colls)
         spec = self._spec(
             dt.dimensions, data_id=data_id, where=where, bind=bind, order_by=order_by, limit=limit,
-            searches=[DatasetSearch(record, colls)], result_dataset=True, find_first=find_first,
+            searches=[self._dataset_search(record, colls, timespan)], result_dataset=True, find_first=find_first,
         )
         runs = self._collections.by_id
         group = dt.dimensions
@@ -493,6 +738,74 @@ class Registry:
             DatasetRef(dt, DataCoordinate.from_required_values(group, tuple(r[3 : 3 + n])), runs(r[2]).name, id=r[0])
             for r in self._run(spec, explain)
         ]
+
+    def _data_id_timespan(
+        self, record: DatasetTypeRecord, data_id: Mapping[str, Any] | DataCoordinate | None, colls: list[CollectionRecord]
+    ) -> Timespan:
+        """The time of the exposure or visit of a query's data ID constraint."""
+        given = DataCoordinate.standardize(data_id or {}, universe=self.universe)
+        names = given.dimensions.names
+        temporal = "exposure" if "exposure" in names else "visit" if "visit" in names else None
+        if temporal is None:
+            raise self._no_time_error(record.dataset_type.name, colls)
+        return self.data_id_timespans([given])[0]
+
+    def query_dataset_associations(
+        self,
+        dataset_type: str | DatasetType,
+        collections: CollectionArg,
+        *,
+        collection_types: Iterable[CollectionType] | None = None,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        where: str = "",
+        bind: Mapping[str, Any] | None = None,
+        timespan: Timespan | None = None,
+        explain: bool = False,
+    ) -> list[DatasetAssociation]:
+        """Every membership of datasets of one type in the collections, with validity ranges (one query).
+
+        Parameters
+        ----------
+        dataset_type : `str` or `DatasetType`
+        collections : `str` or sequence of `str`
+            Collections or glob patterns; CHAINED ones are expanded into their members.
+        collection_types : iterable of `CollectionType`, optional
+            Only memberships of collections of these types (e.g. ``[CollectionType.CALIBRATION]``).
+        data_id, where, bind
+            Constraints on the datasets' data IDs, as in `query_datasets`.
+        timespan : `Timespan`, optional
+            Only certifications whose validity range overlaps it (RUN/TAGGED memberships always stay).
+
+        Returns
+        -------
+        associations : `list` [`DatasetAssociation`]
+            Sorted by the collections' search order, then data ID, then validity begin; a dataset certified
+            over two ranges of one collection appears twice; ``timespan`` is `None` in RUN/TAGGED collections.
+        """
+        name = dataset_type if isinstance(dataset_type, str) else dataset_type.name
+        record = self._datasets.get_type(name)
+        colls = self._collections.resolve_search(collections, allow_patterns=True)
+        if collection_types is not None:
+            wanted = set(collection_types)
+            colls = [c for c in colls if c.type in wanted]
+        dt = record.dataset_type
+        search = self._dataset_search(record, colls, timespan)
+        spec = self._spec(
+            dt.dimensions, data_id=data_id, where=where, bind=bind, order_by=None, limit=None,
+            searches=[search], result_dataset=True, find_first=False, with_validity=True,
+        )
+        group = dt.dimensions
+        n = len(group.required)
+        rank = {c.id: i for i, c in enumerate(colls)}
+        by_id = self._collections.by_id
+        found = []
+        for r in self._run(spec, explain):
+            certified = search.has_calibrations and r[3 + n] is not None
+            span = Timespan.from_nsec(r[3 + n], r[4 + n]) if certified else None
+            ref = DatasetRef(dt, DataCoordinate.from_required_values(group, tuple(r[3 : 3 + n])), by_id(r[2]).name, id=r[0])
+            found.append(((rank[r[1]], ref.data_id.required_values, span.nsec if span else ()), DatasetAssociation(ref, by_id(r[1]).name, span)))
+        found.sort(key=lambda item: item[0])
+        return [association for _, association in found]
 
     def query_dimension_records(
         self,

@@ -11,7 +11,7 @@ re-runs it with each constraint alone to say which one removed everything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,8 +22,10 @@ from ..dimensions import (
     DimensionGroup,
     DimensionUniverse,
 )
-from ..errors import InvalidQueryError, did_you_mean
+from ..errors import CalibrationLookupError, InvalidQueryError, did_you_mean
 from ..regions import decode_region, regions_overlap
+from ..timespan import Timespan
+from ._calibrations import overlap_clause
 from ._collections import CollectionRecord
 from ._datasets import DatasetTypeRecord
 from .expressions import (
@@ -34,17 +36,35 @@ from .expressions import (
     format_node,
     referenced_identifiers,
 )
-from .schema import RegistryTables
+from .schema import CollectionType, RegistryTables
 
 __all__ = ["QuerySpec", "QueryRunner"]
 
 
 @dataclasses.dataclass
 class DatasetSearch:
-    """A dataset-type constraint: datasets of this type in these collections (in search order)."""
+    """A dataset-type constraint: datasets of this type in these collections (in search order).
+
+    Attributes
+    ----------
+    record : `DatasetTypeRecord`
+    collections : `list` [`CollectionRecord`]
+    calibs : `sqlalchemy.Table` or `None`
+        The certification table of a calibration dataset type, when CALIBRATION collections are
+        searched (their members come from it; `None`: they hold nothing of this type).
+    timespan : `Timespan` or `None`
+        Only certifications whose validity range overlaps it (RUN and TAGGED members always match).
+    """
 
     record: DatasetTypeRecord
     collections: list[CollectionRecord]
+    calibs: sa.Table | None = None
+    timespan: Timespan | None = None
+
+    @property
+    def has_calibrations(self) -> bool:
+        """Whether CALIBRATION collections with certifications of this dataset type are searched."""
+        return self.calibs is not None and any(c.type is CollectionType.CALIBRATION for c in self.collections)
 
 
 @dataclasses.dataclass
@@ -70,6 +90,9 @@ class QuerySpec:
         Whether the rows are datasets of ``searches[0]``.
     find_first : `bool`
         With ``result_dataset``: keep, per data ID, only the dataset in the first collection that has one.
+    with_validity : `bool`
+        With ``result_dataset``: add each row's validity range (``validity_begin``, ``validity_end``, TAI
+        ns; NULL for RUN/TAGGED members) after the data ID values, and keep one row per certification.
     """
 
     dimensions: DimensionGroup
@@ -82,6 +105,7 @@ class QuerySpec:
     element: DimensionElement | None = None
     result_dataset: bool = False
     find_first: bool = True
+    with_validity: bool = False
     where_text: str = ""
 
     def relation_dimensions(self) -> DimensionGroup:
@@ -144,15 +168,48 @@ class _QueryBuilder:
         return table
 
     def join_dataset(self, search: DatasetSearch, *, alias: str) -> sa.FromClause:
-        """Join the tags table of a dataset search, restricted to its collections."""
+        """Join the tags table of a dataset search, restricted to its collections.
+
+        With CALIBRATION collections (`DatasetSearch.has_calibrations`) the joined relation is the union
+        of the tags rows of the other collections and the certification rows of the CALIBRATION ones
+        (overlapping the search's timespan), with their validity columns (NULL for tags rows).
+        """
         record = search.record
-        tags = record.tags.alias(alias)
         dims = record.dataset_type.dimensions.required
+        if search.has_calibrations:
+            relation = self._dataset_union(search).subquery(alias)
+            self._join(relation, {d: relation.c[d] for d in dims})
+            return relation
+        tags = record.tags.alias(alias)
         self._join(tags, {d: tags.c[d] for d in dims})
         self.conditions.append(tags.c.dataset_type_id == record.id)
         ids = [c.id for c in search.collections]
         self.conditions.append(tags.c.collection_id.in_(ids) if len(ids) != 1 else tags.c.collection_id == ids[0])
         return tags
+
+    @staticmethod
+    def _dataset_union(search: DatasetSearch) -> sa.Select | sa.CompoundSelect:
+        record = search.record
+        dims = record.dataset_type.dimensions.required
+        plain = [c.id for c in search.collections if c.type is not CollectionType.CALIBRATION]
+        calib = [c.id for c in search.collections if c.type is CollectionType.CALIBRATION]
+        c = search.calibs
+        assert c is not None
+        conditions = [c.c.dataset_type_id == record.id, c.c.collection_id.in_(calib)]
+        if search.timespan is not None:
+            conditions.append(overlap_clause(c, search.timespan))
+        certified = sa.select(
+            c.c.dataset_id, c.c.collection_id, *[c.c[d] for d in dims], c.c.validity_begin, c.c.validity_end
+        ).where(*conditions)
+        if not plain:
+            return certified
+        tags = record.tags
+        null = sa.cast(sa.null(), sa.BigInteger)
+        tagged = sa.select(
+            tags.c.dataset_id, tags.c.collection_id, *[tags.c[d] for d in dims],
+            null.label("validity_begin"), null.label("validity_end"),
+        ).where(tags.c.dataset_type_id == record.id, tags.c.collection_id.in_(plain))
+        return sa.union_all(tagged, certified)
 
     def ensure_column(self, dim: str) -> sa.ColumnElement:
         """Return the column of a dimension's value, joining a table that has it if needed."""
@@ -227,9 +284,10 @@ class _QueryBuilder:
 class QueryRunner:
     """Runs `QuerySpec`s against a registry database."""
 
-    def __init__(self, db: Any, tables: RegistryTables):
+    def __init__(self, db: Any, tables: RegistryTables, collection_name: Callable[[int], str]):
         self._db = db
         self._tables = tables
+        self._collection_name = collection_name  # collection ID -> name, for error messages
 
     def _build(
         self, spec: QuerySpec, *, use_where: bool = True, use_spatial: bool = True, use_data_id: bool = True,
@@ -268,6 +326,8 @@ class QueryRunner:
             qb.from_ = qb.from_.join(d, d.c.id == tags.c.dataset_id)  # type: ignore[union-attr]
             columns += [tags.c.dataset_id, tags.c.collection_id, d.c.run_id]
             columns += [qb.columns[x] for x in spec.searches[0].record.dataset_type.dimensions.required]
+            if self._validity_columns(spec):
+                columns += [tags.c.validity_begin, tags.c.validity_end]
         elif spec.element is not None:
             table = qb.joined[spec.element.name]
             columns += [table.c[n] for n in spec.element.field_names]
@@ -281,10 +341,30 @@ class QueryRunner:
             stmt = stmt.order_by(*order)
         return stmt, refine, qb
 
+    @staticmethod
+    def _validity_columns(spec: QuerySpec) -> bool:
+        """Whether the result rows carry validity columns: asked for, or needed to explain an ambiguous
+        find-first calibration lookup."""
+        return spec.result_dataset and spec.searches[0].has_calibrations and (spec.with_validity or spec.find_first)
+
     def rows(self, spec: QuerySpec) -> list[tuple]:
-        """Run the query and return result rows (region columns removed after spatial refinement)."""
+        """Run the query and return result rows (region columns removed after spatial refinement).
+
+        Dataset rows are ``(dataset_id, collection_id, run_id, *data ID values)``, followed by
+        ``(validity_begin, validity_end)`` when the search goes through CALIBRATION collections and
+        ``with_validity`` or ``find_first`` is set.
+
+        Raises
+        ------
+        CalibrationLookupError
+            For a find-first search in which several datasets of one data ID are valid in one
+            CALIBRATION collection at the search's timespan.
+        """
         stmt, refine, _ = self._build(spec)
-        python_limit = refine or (spec.result_dataset and spec.find_first and len(spec.searches[0].collections) > 1)
+        python_limit = refine or (
+            spec.result_dataset and spec.find_first
+            and (len(spec.searches[0].collections) > 1 or spec.searches[0].has_calibrations)
+        )
         if spec.limit is not None and not python_limit:
             stmt = stmt.limit(spec.limit)
         rows = [tuple(r) for r in self._db.fetchall(stmt)]
@@ -292,20 +372,43 @@ class QueryRunner:
             rows = [r[:-2] for r in rows if regions_overlap_or_missing(r[-2], r[-1])]
             rows = list(dict.fromkeys(rows))
         if spec.result_dataset:
-            rows = self._find_first(spec, rows) if spec.find_first else list({r[0]: r for r in rows}.values())
+            if spec.find_first:
+                rows = self._find_first(spec, rows)
+            elif not spec.with_validity:
+                rows = list({r[0]: r for r in rows}.values())
         if spec.limit is not None:
             rows = rows[: spec.limit]
         return rows
 
-    @staticmethod
-    def _find_first(spec: QuerySpec, rows: list[tuple]) -> list[tuple]:
-        rank = {c.id: i for i, c in enumerate(spec.searches[0].collections)}
+    def _find_first(self, spec: QuerySpec, rows: list[tuple]) -> list[tuple]:
+        search = spec.searches[0]
+        n = len(search.record.dataset_type.dimensions.required)
+        rank = {c.id: i for i, c in enumerate(search.collections)}
         best: dict[tuple, tuple] = {}
+        rivals: dict[tuple, dict[Any, tuple]] = {}  # key -> other datasets of the best collection
         for r in rows:
-            key = r[3:]
+            key = r[3 : 3 + n]
             if key not in best or rank[r[1]] < rank[best[key][1]]:
                 best[key] = r
+                rivals.pop(key, None)
+            elif r[1] == best[key][1] and r[0] != best[key][0]:  # only CALIBRATION collections allow this
+                rivals.setdefault(key, {})[r[0]] = r
+        for key, others in rivals.items():
+            self._ambiguous(search, key, [best[key], *others.values()])
         return list(best.values())
+
+    def _ambiguous(self, search: DatasetSearch, key: tuple, rows: list[tuple]) -> None:
+        dims = search.record.dataset_type.dimensions.required
+        n = len(dims)
+        listed = "; ".join(
+            f"{r[0]} (run {self._collection_name(r[2])!r}, valid {Timespan.from_nsec(r[3 + n], r[4 + n])})"
+            for r in rows
+        )
+        raise CalibrationLookupError(
+            f"{len(rows)} {search.record.dataset_type.name!r} datasets with data ID {dict(zip(dims, key))} are valid "
+            f"during {search.timespan} in CALIBRATION collection {self._collection_name(rows[0][1])!r}: {listed}. "
+            "Look up with a shorter timespan (one exposure's), or decertify the overlapping ranges."
+        )
 
     def count(self, spec: QuerySpec, **kwargs: Any) -> int:
         stmt, refine, _ = self._build(spec, **kwargs)

@@ -5,7 +5,11 @@ table per spatial element), ``collection``, ``run``, ``collection_chain``, ``dat
 ``dataset`` and ``datastore_record``.  Dynamic tables: ``dataset_tags_<dims>``, one per dimension
 group of registered dataset types, holding each dataset's membership of RUN and TAGGED collections
 with its data ID columns; its unique constraint enforces one dataset per (dataset type, data ID)
-per collection.
+per collection.  ``dataset_calibs_<dims>``, one per dimension group of registered *calibration*
+dataset types: each certification of a dataset into a CALIBRATION collection with its validity range
+(``validity_begin``, ``validity_end``: TAI ns since 1970, see `butler.timespan`) and data ID columns;
+rows go with their dataset or collection (ON DELETE CASCADE).  That the ranges of one dataset type
+and data ID never overlap within a collection is checked by the registry when certifying.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ class CollectionType(enum.IntEnum):
     """The kinds of collection.
 
     RUN holds datasets it owns (each dataset belongs to exactly one RUN); TAGGED holds references to
-    datasets of any RUN; CHAINED is an ordered search path of other collections; CALIBRATION is for
-    certified calibrations (validity ranges come later).
+    datasets of any RUN; CHAINED is an ordered search path of other collections; CALIBRATION holds
+    references to calibration datasets, each with a validity range (`butler.timespan.Timespan`).
     """
 
     RUN = 1
@@ -145,6 +149,7 @@ class RegistryTables:
             sa.Column("content", sa.LargeBinary, nullable=False),
         )
         self.tags: dict[str, sa.Table] = {}
+        self.calibs: dict[str, sa.Table] = {}
 
     def _dimension_table(self, element: DimensionElement) -> sa.Table:
         columns: list[sa.SchemaItem] = []
@@ -181,6 +186,51 @@ class RegistryTables:
         """Name of the tags table of dataset types with these dimensions."""
         return f"dataset_tags_{group.table_suffix()}"
 
+    @staticmethod
+    def calib_table_name(group: DimensionGroup) -> str:
+        """Name of the certification table of calibration dataset types with these dimensions."""
+        return f"dataset_calibs_{group.table_suffix()}"
+
+    def _data_id_columns(self, group: DimensionGroup) -> list[sa.SchemaItem]:
+        columns: list[sa.SchemaItem] = []
+        for dim in group.required:
+            columns.append(sa.Column(dim, _sql_type(self.universe[dim].key_as(dim)), nullable=False))
+            target = self.universe[dim]
+            columns.append(
+                sa.ForeignKeyConstraint(list(target.required), [f"{dim}.{target.column_name(d)}" for d in target.required])
+            )
+        return columns
+
+    def calib_table(self, group: DimensionGroup) -> sa.Table:
+        """The certification table for a dimension group (defined, not necessarily created, on first use).
+
+        Primary key (collection, dataset, validity_begin): one dataset may hold several disjoint
+        ranges in a collection (after a `Registry.decertify` splits one).
+        """
+        name = self.calib_table_name(group)
+        table = self.calibs.get(name)
+        if table is None:
+            columns: list[sa.SchemaItem] = [
+                sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey("dataset_type.id"), nullable=False),
+                sa.Column(
+                    "dataset_id", sa.Uuid, sa.ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True
+                ),
+                sa.Column(
+                    "collection_id",
+                    sa.Integer,
+                    sa.ForeignKey("collection.collection_id", ondelete="CASCADE"),
+                    primary_key=True,
+                ),
+                sa.Column("validity_begin", sa.BigInteger, primary_key=True),
+                sa.Column("validity_end", sa.BigInteger, nullable=False),
+                *self._data_id_columns(group),
+                sa.Index(f"{name}_lookup", "dataset_type_id", "collection_id", *group.required),
+                sa.Index(f"{name}_dataset", "dataset_id"),
+            ]
+            table = sa.Table(name, self.metadata, *columns)
+            self.calibs[name] = table
+        return table
+
     def tag_table(self, group: DimensionGroup) -> sa.Table:
         """The tags table for a dimension group (defined, not necessarily created, on first use)."""
         name = self.tag_table_name(group)
@@ -196,14 +246,7 @@ class RegistryTables:
                     nullable=False,
                 ),
             ]
-            for dim in group.required:
-                columns.append(sa.Column(dim, _sql_type(self.universe[dim].key_as(dim)), nullable=False))
-                target = self.universe[dim]
-                columns.append(
-                    sa.ForeignKeyConstraint(
-                        list(target.required), [f"{dim}.{target.column_name(d)}" for d in target.required]
-                    )
-                )
+            columns += self._data_id_columns(group)
             columns.append(
                 sa.UniqueConstraint("dataset_type_id", "collection_id", *group.required, name=f"{name}_unique")
             )
