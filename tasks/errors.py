@@ -12,6 +12,7 @@ from graph.errors import AlgorithmError
 __all__ = [
     "CameraError",
     "FitsFormatError",
+    "FocalPlaneBackgroundError",
     "ImageError",
     "IngestError",
     "InstrumentError",
@@ -20,6 +21,7 @@ __all__ = [
     "MatchBackgroundsError",
     "NoUsableBinsError",
     "PsfMatchingError",
+    "SkyCorrectionError",
     "SkyMapError",
     "SpatialCellError",
     "TasksError",
@@ -113,3 +115,13 @@ class MatchBackgroundsError(TasksError, ValueError):
 class PsfMatchingError(TasksError, RuntimeError):
     """A PSF-matching kernel cannot be computed: too few usable kernel candidates (stars), an unsupported
     convolution mode, or a spatial solution that is singular.  A `RuntimeError`, as the LSST contract states."""
+
+
+class FocalPlaneBackgroundError(ImageError):
+    """A focal-plane background cannot be built or evaluated: an exposure without a detector, superpixel grids
+    that differ, or no superpixel with enough usable pixels."""
+
+
+class SkyCorrectionError(TasksError, ValueError):
+    """A visit cannot be sky-corrected as configured: a detector without its sky frame (doSky), a sky frame or
+    background that does not match its calexp, or no calexp at all."""

@@ -11,6 +11,7 @@ from .background import Background, BackgroundList
 from .camera import Amplifier, Camera, Detector
 from .ccddata import from_ccddata, to_ccddata
 from .exposure import Exposure, FilterLabel
+from .focal_plane_background import FocalPlaneBackground, FocalPlaneBackgroundConfig
 from .geom import Box2I
 from .kernel import FixedKernel, Kernel, LinearCombinationKernel
 from .mask import Mask
@@ -35,6 +36,8 @@ __all__ = [
     "Exposure",
     "FilterLabel",
     "FixedKernel",
+    "FocalPlaneBackground",
+    "FocalPlaneBackgroundConfig",
     "GaussianPsf",
     "Kernel",
     "LinearCombinationKernel",
