@@ -12,15 +12,11 @@ documentation).  For every detector of one visit (all pixels in counts, electron
 3. ``bgModel1``: one `FocalPlaneBackground` from every detector, evaluated on each and subtracted;
 4. ``doSky``: the sky frame scale ``k`` is a count-weighted, iteratively clipped least-squares fit, over all
    detectors at once, of the binned residual ``b`` (on each sky frame's own bin grid, objects masked) against
-   the sky frame's ``F'``: ``k = sum(w b F') / sum(w F'^2)``, repeated ``sky.skyIter`` times rejecting bins
-   with ``|b - k F'|`` beyond ``sky.skyRej`` robust standard deviations.  ``F'`` is the sky frame put through
-   the same steps as the image since step 3: evaluated on the detector's pixels with the image's mask, minus
-   a bgModel1 `FocalPlaneBackground` of all the sky frames, binned like ``b``.  The part of the pattern that
-   bgModel1 has already absorbed from the image is thus neither fitted nor subtracted twice: for a sky frame
-   built as the residual of a bgModel1-like model (``tasks.sky_frame``) that part is close to zero and the fit
-   is the LSST one; for a raw pattern it keeps the scale unbiased.  ``k`` times the sky frame less its
-   bgModel1 part (a `Background` on the sky frame's bin grid) is subtracted -- or, with ``undoBgModel1``,
-   bgModel1 is added back and ``k`` times the whole sky frame subtracted;
+   the sky frame values ``F``: ``k = sum(w b F) / sum(w F^2)``, repeated ``sky.skyIter`` times rejecting bins
+   with ``|b - k F|`` beyond ``sky.skyRej`` robust standard deviations (as the LSST stack's
+   SkyMeasurementTask).  A sky frame is the residual of a bgModel1-like model (``tasks.sky_frame``), so it
+   holds what bgModel1 leaves in the image.  ``k F`` (a `Background` on the sky frame's bin grid) is
+   subtracted; with ``undoBgModel1`` bgModel1 is added back first and bgModel2 models the large scales;
 5. ``doBgModel2``: a second, finer `FocalPlaneBackground` of the residual, subtracted;
 6. the binned visit mosaics (`focal_plane_mosaic`): ``calExpMosaic`` (the corrected image, masked pixels
    excluded) and ``calBkgMosaic`` (the complete new sky model, ``calexpBackground + skyCorr``).
@@ -67,7 +63,6 @@ from .image import (
     FocalPlaneBackgroundConfig,
     MaskedImage,
 )
-from .image.focal_plane_background import DEFAULT_MASK_PLANES
 from .instruments import get_instrument
 
 __all__ = [
@@ -317,8 +312,9 @@ class SkyMeasurementConfig(Config):
         3.0, gt=0, description="Bins whose residual from the scaled sky frame exceeds skyRej robust sigmas are rejected."
     )
     mask: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_MASK_PLANES),
-        description="Mask planes whose pixels are ignored in the binned residuals.",
+        default_factory=lambda: ["BAD", "SAT", "DETECTED", "NO_DATA"],
+        description="Mask planes whose pixels are ignored in the binned residuals (those the sky frames are built "
+        "with, `tasks.sky_frame`; not EDGE, which would move the data of border bins off their centres).",
     )
     clip: float = Field(3.0, gt=0, description="Pixel clipping threshold of the binned residuals [sigma].")
     nIter: int = Field(3, ge=1, le=20, description="Number of pixel clipping passes of the binned residuals.")
@@ -498,10 +494,8 @@ class SkyCorrectionTask(PipelineTask):
         elements: list[Background] = []
         if sky_frames is not None:
             frames = [sky_frames[k] for k in order]
-            scale, high_passed = self._fit_sky_frame_scale(work, frames, camera)
-            # While bgModel1 stays in the model it holds the large-scale part of the pattern: subtract only the
-            # rest; without bgModel1 the whole sky frame.
-            elements = [frame.scaled(scale) for frame in (frames if config.undoBgModel1 else high_passed)]
+            scale = self._fit_sky_frame_scale(work, frames)
+            elements = [frame.scaled(scale) for frame in frames]
         if config.undoBgModel1:
             for k, exposure, corr, model in zip(order, work, sky_corr, models, strict=True):
                 bg1_model = corr.pop(len(calBkgs[k]))  # right after the inverted calexpBackground
@@ -626,59 +620,31 @@ class SkyCorrectionTask(PipelineTask):
             corr.append(ccd_background)
         return background
 
-    def _fit_sky_frame_scale(
-        self, exposures: list[Exposure], frames: list[Background], camera: Camera
-    ) -> tuple[float, list[Background]]:
-        """The sky frame scale, and each sky frame less its bgModel1-scale focal-plane part (see the module docs).
+    def _fit_sky_frame_scale(self, exposures: list[Exposure], frames: list[Background]) -> float:
+        """The sky frame scale ``k`` [counts per sky-frame unit] (step 4 of the module docstring).
 
-        The sky frames go through exactly the steps the images went through since their sky was restored:
-        each sky frame is evaluated on its detector's pixels, with the image's mask, and a bgModel1
-        `FocalPlaneBackground` of all of them is subtracted; both the image residuals ``b`` and these sky-frame
-        residuals ``F'`` are then binned on the sky frame's grid with the same mask and clipping.
-
-        Returns
-        -------
-        scale : `float`
-            ``k`` [counts per sky-frame unit].
-        frames : `list` [`Background`]
-            ``F'`` per detector on the sky frame's bin grid: the sky frame values less the sky frames'
-            focal-plane model at the bin centres (what ``k`` multiplies).
+        Each image (bgModel1 already subtracted) is binned on its sky frame's grid (``sky.mask`` pixels left out,
+        clipped means), and every bin with pixels contributes ``(b, F, w)``: its residual, the sky frame value and
+        its pixel count.
         """
         sky = self.config.sky
-        frame_exposures = []
-        smooth = FocalPlaneBackground.fromCamera(self.config.bgModel1, camera)
-        for exposure, frame in zip(exposures, frames, strict=True):
-            pattern = MaskedImage(frame.get_image(exposure.bbox), exposure.mask, exposure.variance, xy0=exposure.xy0)
-            frame_exposures.append(exposure.replace(pattern))
-            smooth.addCcd(frame_exposures[-1])
-        corrected_frames = []
         b_all, f_all, w_all = [], [], []
-        for exposure, frame, frame_exposure in zip(exposures, frames, frame_exposures, strict=True):
-            detector = exposure.detector
-            frame_exposure.image[...] -= smooth.toCcdBackground(detector, exposure.bbox).get_image(exposure.bbox)
-            yc, xc = frame.bin_centers()
-            values = frame.values - smooth.evaluate(*detector.pixels_to_focal_plane(*np.meshgrid(xc, yc)))
-            corrected_frames.append(Background(frame.bbox, frame.bin_size, values, interpolation=frame.interpolation))
-            binned = []
-            for masked_image in (exposure.masked_image, frame_exposure.masked_image):
-                try:
-                    stats, _ = fit_background_fast(
-                        masked_image,
-                        bin_size=frame.bin_size,
-                        bad_mask_planes=tuple(sky.mask),
-                        clip=sky.clip,
-                        n_iter=sky.nIter,
-                    )
-                except NoUsableBinsError:
-                    self.log.warning("detector %d: too few unmasked pixels for the sky frame fit", detector.id)
-                    break
-                binned.append(stats)
-            if len(binned) == 2:
-                residual, pattern_residual = binned
-                use = (residual.counts > 0) & (pattern_residual.counts > 0)
-                b_all.append(residual.values[use])
-                f_all.append(pattern_residual.values[use])
-                w_all.append(residual.counts[use])
+        for exposure, frame in zip(exposures, frames, strict=True):
+            try:
+                residual, _ = fit_background_fast(
+                    exposure.masked_image,
+                    bin_size=frame.bin_size,
+                    bad_mask_planes=tuple(sky.mask),
+                    clip=sky.clip,
+                    n_iter=sky.nIter,
+                )
+            except NoUsableBinsError:
+                self.log.warning("detector %d: too few unmasked pixels for the sky frame fit", exposure.detector.id)
+                continue
+            use = residual.counts > 0
+            b_all.append(residual.values[use])
+            f_all.append(frame.values[use])
+            w_all.append(residual.counts[use])
         if not b_all:
             raise SkyCorrectionError("no detector has enough unmasked pixels to fit the sky frame scale.")
         b, f, w = (np.concatenate(a) for a in (b_all, f_all, w_all))
@@ -689,8 +655,8 @@ class SkyCorrectionTask(PipelineTask):
             denominator = float(np.sum(w[keep] * f[keep] ** 2))
             if not denominator > 0:
                 raise SkyCorrectionError(
-                    "the sky frames have no structure left after removing their bgModel1-scale focal-plane "
-                    "background: nothing to scale; set doSky=False or rebuild the sky frames."
+                    "the sky frames are zero wherever the images have usable bins: nothing to scale; set "
+                    "doSky=False or rebuild the sky frames."
                 )
             scale = float(np.sum(w[keep] * b[keep] * f[keep])) / denominator
             residuals = (b - scale * f) * normalised
@@ -703,7 +669,7 @@ class SkyCorrectionTask(PipelineTask):
                 break
             keep = new_keep
         self.metadata["skyFrameBinsUsed"] = int(keep.sum())
-        return scale, corrected_frames
+        return scale
 
     def _residual_metadata(self, exposures: list[Exposure], corrected: list[np.ndarray]) -> None:
         """``residualRms`` and ``residualRmsPixelSigma`` from the binned corrected images."""
