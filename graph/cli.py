@@ -6,6 +6,7 @@ Options are named as in the LSST stack::
     pipetask qgraph -b repo -i raw,calib -o u/me/ccd -p ProcessCcd.yaml -d "visit IN (1..10)" -q ccd.qgraph
     pipetask run -b repo -i raw -o u/me/ccd -p ProcessCcd.yaml -c isr:doDark=false -j 2 --register-dataset-types
     pipetask run -b repo -g ccd.qgraph -j 2                      # run a saved graph
+    pipetask run -b repo -g ccd.qgraph --executor parsl --site slurm.yaml   # on a Slurm cluster
     pipetask run -b repo -o u/me/ccd -p ... --extend-run --skip-existing    # resume
     pipetask report -b repo --output-run u/me/ccd/20261120T010203Z
 
@@ -35,6 +36,7 @@ from butler.cli_utils import (
 from butler.errors import ButlerError, MissingCollectionError
 
 from .errors import NothingToDoError, PipelineError
+from .execute.executors import EXECUTORS
 from .pipeline import Pipeline
 from .pipeline_graph import PipelineGraph
 
@@ -243,17 +245,31 @@ def _show_graph(graph: Any, show: Sequence[str]) -> None:
 @_pipeline_options
 @_butler_options
 @click.option("--qgraph", "-g", "load_qgraph", default=None, type=click.Path(exists=True, dir_okay=False), help="Run this saved quantum graph.")
-@click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Number of worker processes.")
+@click.option("--jobs", "-j", default=None, type=click.IntRange(min=1),
+              help="Number of worker processes (default 1; with --executor parsl, per node: the site file's).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
+              help="How quanta run: in this process, in a pool of -j processes, or as Parsl apps on a --site "
+                   "(default: parsl with --site, else pool with -j > 1, else serial).")
+@click.option("--site", default=None, metavar="SITE.yaml",
+              help="Parsl site file (workers, retries, Slurm jobs...), or a shipped one: local, slurm (default local).")
 @click.option("--register-dataset-types", is_flag=True, help="Register the pipeline's output dataset types if needed.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed quantum.")
 def run(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, inputs: Sequence[str], output: str | None,
         output_run: str | None, where: str, extend_run: bool, skip_existing: bool, skip_existing_in: Sequence[str],
-        clobber_outputs: bool, save_qgraph: str | None, load_qgraph: str | None, jobs: int, register_dataset_types: bool,
-        fail_fast: bool) -> None:
+        clobber_outputs: bool, save_qgraph: str | None, load_qgraph: str | None, jobs: int | None, executor: str | None,
+        site: str | None, register_dataset_types: bool, fail_fast: bool) -> None:
     """Build (or load) a quantum graph and execute it; exit code 1 if any quantum failed."""
-    from .execute import execute_graph
+    from .execute import execute_graph, load_site, require_parsl
     from .quantum_graph import QuantumGraph
 
+    if executor == "serial" and jobs is not None and jobs > 1:
+        raise click.UsageError(f"--executor serial runs one quantum at a time; use --executor pool or parsl with -j {jobs}.")
+    if site is not None and executor in ("serial", "pool"):
+        raise click.UsageError(f"--site is for --executor parsl, not {executor}.")
+    site_config = None
+    if executor == "parsl" or site is not None:  # before the graph is built
+        require_parsl()
+        site_config = load_site(site or "local")
     with Butler(repo) as butler:
         if load_qgraph:
             graph = QuantumGraph.load(load_qgraph, universe=butler.dimensions)
@@ -269,7 +285,10 @@ def run(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, 
                 graph.save(save_qgraph)
         _check_dataset_types(butler, graph.pipeline_graph, register_dataset_types)
         _update_chain(butler, output, graph.output_run, search)
-        report = execute_graph(graph, butler, jobs=jobs, fail_fast=fail_fast, clobber=clobber_outputs, progress=sys.stderr.isatty())
+        report = execute_graph(
+            graph, butler, executor=executor, jobs=jobs, site=site_config,
+            fail_fast=fail_fast, clobber=clobber_outputs, progress=sys.stderr.isatty(),
+        )
     click.echo(str(report))
     if not report.ok:
         sys.exit(1)

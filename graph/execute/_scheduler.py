@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Mapping
 
 from butler.datastore import StoredFileInfo
 
@@ -13,17 +13,58 @@ from ..quantum_graph import QuantumGraph
 from ._plan import ExecutionPlan
 from .single_quantum import QuantumResult
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "inherited_status"]
 
 _USABLE = frozenset({"succeeded", "skipped"})
 
 
-class Scheduler:
-    """Hands out quanta in dependency order and records their outcomes.
+def inherited_status(
+    qgraph: QuantumGraph,
+    quantum: Quantum,
+    statuses: Mapping[uuid.UUID, str],
+    infos: Mapping[uuid.UUID, StoredFileInfo],
+) -> str | None:
+    """Whether the quanta upstream of one keep it from running.
 
-    A quantum is handed out once every quantum it depends on is done.  If one of those failed,
-    was blocked or had no work, the quantum is "blocked" instead (and so, in turn, are its
-    descendants); after a failure with ``fail_fast``, quanta not yet handed out are "not_run".
+    Parameters
+    ----------
+    qgraph : `QuantumGraph`
+    quantum : `Quantum`
+    statuses : `dict` [`uuid.UUID`, `str`]
+        Status of the quanta done so far.  Predecessors without one are ignored: they run before this
+        quantum in the same cluster (see `Scheduler`), or, in a worker running a cluster, outside it
+        (and were usable, or the main process would not have sent this quantum).
+    infos : `dict` [`uuid.UUID`, `StoredFileInfo`]
+        Records of the datasets available.
+
+    Returns
+    -------
+    status : `str` or `None`
+        ``"blocked"`` if a predecessor failed, was blocked or had no work, or if a finished predecessor
+        did not write an input of this quantum; else ``"not_run"`` if a predecessor was not run; else
+        `None` (the quantum can run).
+    """
+    upstream = [s for p in qgraph.graph.predecessors(quantum.id) if (s := statuses.get(p)) is not None]
+    if any(s not in _USABLE and s != "not_run" for s in upstream):
+        return "blocked"
+    if "not_run" in upstream:
+        return "not_run"
+    for ref in quantum.input_refs():
+        if ref.id not in infos:
+            producer = qgraph.producer_of(ref.id)
+            if producer is not None and producer.id in statuses:
+                return "blocked"
+    return None
+
+
+class Scheduler:
+    """Hands out quanta, or clusters of quanta, in dependency order and records their outcomes.
+
+    A cluster is handed out once every quantum outside it that its quanta depend on is done; its
+    quanta then run in order in one worker (without clusters each quantum is a cluster of one).  If
+    an upstream quantum failed, was blocked or had no work, a quantum is "blocked" instead (and so,
+    in turn, are its descendants); after a failure with ``fail_fast``, quanta not yet handed out are
+    "not_run".
 
     Parameters
     ----------
@@ -32,9 +73,19 @@ class Scheduler:
         Finished (skipped) quanta and the records of the datasets available before the execution.
     fail_fast : `bool`, optional
         Hand out nothing more after the first failure.
+    clusters : `dict` [`uuid.UUID`, `~collections.abc.Hashable`], optional
+        Quantum ID -> cluster key (`cluster_quanta`); the clusters must form an acyclic graph.
+        Default: every quantum alone.
     """
 
-    def __init__(self, qgraph: QuantumGraph, plan: ExecutionPlan, *, fail_fast: bool = False):
+    def __init__(
+        self,
+        qgraph: QuantumGraph,
+        plan: ExecutionPlan,
+        *,
+        fail_fast: bool = False,
+        clusters: Mapping[uuid.UUID, Hashable] | None = None,
+    ):
         self.qgraph = qgraph
         self.fail_fast = fail_fast
         self.stopped = False
@@ -44,14 +95,21 @@ class Scheduler:
         graph = qgraph.graph
         # Only the records of datasets some quantum reads are kept (with their inline bytes).
         self._consumed = {ref.id for q in qgraph.quanta.values() for ref in q.input_refs()}
-        self._waiting = {
-            qid: sum(1 for p in graph.predecessors(qid) if p not in plan.skipped)
-            for qid in qgraph.quanta if qid not in plan.skipped
-        }
         order = {qid: i for i, qid in enumerate(q.id for q in qgraph)}
-        ready = sorted((qid for qid, n in self._waiting.items() if n == 0), key=order.__getitem__)
-        self._ready: deque[uuid.UUID] = deque(ready)
-        self.to_run = len(self._waiting)
+        to_run = sorted((qid for qid in qgraph.quanta if qid not in plan.skipped), key=order.__getitem__)
+        self._cluster_of: dict[uuid.UUID, Hashable] = {
+            qid: clusters[qid] if clusters is not None else qid for qid in to_run
+        }
+        self._members: dict[Hashable, list[uuid.UUID]] = {}
+        for qid in to_run:  # in execution order
+            self._members.setdefault(self._cluster_of[qid], []).append(qid)
+        self._waiting = {
+            key: len({p for qid in members for p in graph.predecessors(qid)
+                      if p in self._cluster_of and self._cluster_of[p] != key})
+            for key, members in self._members.items()
+        }
+        self._ready: deque[Hashable] = deque(key for key, n in self._waiting.items() if n == 0)
+        self.to_run = len(to_run)
 
     def __iter__(self) -> Iterator[Quantum]:
         """Quanta ready to run now (the iteration ends when none is; call again after `complete`)."""
@@ -62,38 +120,44 @@ class Scheduler:
             yield quantum
 
     def next_ready(self) -> Quantum | None:
-        """The next quantum to run, or `None` when none is ready; marks blocked / not-run ones on the way."""
+        """The next quantum to run, or `None` when none is ready (without clusters)."""
+        cluster = self.next_cluster()
+        if cluster is None:
+            return None
+        (quantum,) = cluster
+        return quantum
+
+    def next_cluster(self) -> list[Quantum] | None:
+        """The quanta of the next ready cluster that may run, in order, or `None` when none is ready.
+
+        Quanta of the cluster that upstream quanta keep from running are marked "blocked" or
+        "not_run" on the way (and clusters whose every quantum is are passed over).
+        """
+        quanta = self.qgraph.quanta
         while self._ready:
-            qid = self._ready.popleft()
-            quantum = self.qgraph.quanta[qid]
-            status = self._inherited_status(quantum)
-            if status is None and self.stopped:
-                status = "not_run"
-            if status is None:
-                return quantum
-            self._finish(qid, status)
+            runnable = []
+            for qid in self._members[self._ready.popleft()]:
+                quantum = quanta[qid]
+                status = inherited_status(self.qgraph, quantum, self.statuses, self.infos)
+                if status is None and self.stopped:
+                    status = "not_run"
+                if status is None:
+                    runnable.append(quantum)
+                else:
+                    self._finish(qid, status)
+            if runnable:
+                return runnable
         return None
 
     def requeue(self, quantum: Quantum) -> None:
         """Give back a quantum from `next_ready` that could not be started; it is handed out next."""
-        self._ready.appendleft(quantum.id)
+        self._ready.appendleft(self._cluster_of[quantum.id])
 
-    def _inherited_status(self, quantum: Quantum) -> str | None:
-        """"blocked" / "not_run" if an upstream quantum keeps this one from running, else `None`."""
-        upstream = [self.statuses[p] for p in self.qgraph.graph.predecessors(quantum.id)]
-        if any(s not in _USABLE and s != "not_run" for s in upstream):
-            return "blocked"
-        if "not_run" in upstream:
-            return "not_run"
-        for ref in quantum.input_refs():  # outputs a finished (skipped) quantum did not write
-            if ref.id not in self.infos and self.qgraph.producer_of(ref.id) is not None:
-                return "blocked"
-        return None
-
-    def input_infos(self, quantum: Quantum) -> dict[uuid.UUID, StoredFileInfo]:
-        """The records of a quantum's inputs (those that exist)."""
+    def input_infos(self, quanta: Quantum | list[Quantum]) -> dict[uuid.UUID, StoredFileInfo]:
+        """The records of the inputs (those that exist) of a quantum, or of the quanta of a cluster."""
         infos = self.infos
-        return {ref.id: infos[ref.id] for ref in quantum.input_refs() if ref.id in infos}
+        refs = quanta.input_refs() if isinstance(quanta, Quantum) else (r for q in quanta for r in q.input_refs())
+        return {ref.id: infos[ref.id] for ref in refs if ref.id in infos}
 
     def complete(self, result: QuantumResult) -> None:
         """Record the outcome of a quantum that ran (its outputs become available to its consumers)."""
@@ -108,15 +172,37 @@ class Scheduler:
                     self.infos[info.dataset_id] = info
         self._finish(result.quantum_id, result.status)
 
+    def complete_cluster(self, cluster: list[Quantum], results: list[QuantumResult]) -> None:
+        """Record the outcomes of a cluster's quanta (`next_cluster`) from the results of those that ran.
+
+        A quantum without a result was left out by the worker because a quantum before it in the
+        cluster kept it from running; it gets the status that implies (or fails, if none does).
+        """
+        by_id = {result.quantum_id: result for result in results}
+        for quantum in cluster:
+            result = by_id.get(quantum.id)
+            if result is not None:
+                self.complete(result)
+                continue
+            status = inherited_status(self.qgraph, quantum, self.statuses, self.infos)
+            if status is None:
+                self.complete(QuantumResult(
+                    quantum.id, quantum.task_label, "failed",
+                    "QuantumExecutionError: the worker returned no result for this quantum of its cluster.",
+                ))
+            else:
+                self._finish(quantum.id, status)
+
     def _finish(self, qid: uuid.UUID, status: str) -> None:
         self.statuses[qid] = status
-        for successor in self.qgraph.graph.successors(qid):
-            if successor not in self._waiting:  # finished in an earlier execution
-                continue
-            n = self._waiting[successor] - 1
-            self._waiting[successor] = n
+        cluster_of = self._cluster_of
+        own = cluster_of[qid]
+        # Successors finished in an earlier execution have no cluster; those in this one do not wait.
+        for key in {cluster_of[s] for s in self.qgraph.graph.successors(qid) if s in cluster_of} - {own}:
+            n = self._waiting[key] - 1
+            self._waiting[key] = n
             if n == 0:
-                self._ready.append(successor)
+                self._ready.append(key)
 
     @property
     def done(self) -> bool:

@@ -1,9 +1,9 @@
-"""Graph executors: run every quantum of a graph, serially or in a warm pool of worker processes.
+"""Graph executors: run every quantum of a graph serially, in a warm pool of worker processes, or with Parsl.
 
 Workers never write the registry.  Each worker gets the graph once (when it starts), imports the
-task classes and opens the datastore once, and then receives only a quantum ID and the records of
-that quantum's inputs; it returns a `QuantumResult`, which the main process registers in one
-transaction before handing the new records to the quanta downstream.
+task classes and opens the datastore once, and then receives only quantum IDs and the records of
+those quanta's inputs; it returns `QuantumResult` manifests, which the main process registers (one
+transaction per quantum) before handing the new records to the quanta downstream.
 """
 
 from __future__ import annotations
@@ -20,32 +20,37 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from butler import Butler
 from butler.datastore import FileDatastore, StoredFileInfo
 
 from ..quantum import Quantum
 from ..quantum_graph import QuantumGraph
+from ._parsl import require_parsl, run_parsl
 from ._plan import make_plan
 from ._scheduler import Scheduler
+from ._site import SiteConfig, cluster_quanta, load_site
+from ._worker import InitInfos, WorkerState
 from .registration import init_input_infos, register_quantum_result, write_run_provenance
 from .report import ExecutionReport
-from .single_quantum import QuantumResult, SingleQuantumExecutor
+from .single_quantum import QuantumResult
 
-__all__ = ["execute_graph"]
+__all__ = ["EXECUTORS", "execute_graph"]
 
 _LOG = logging.getLogger("graph.execute")
 
-# Task label -> init-input connection name -> datastore record.
-InitInfos = Mapping[str, Mapping[str, StoredFileInfo]]
+#: The graph executors `execute_graph` and ``pipetask run --executor`` offer.
+EXECUTORS = ("serial", "pool", "parsl")
 
 
 def execute_graph(
     qgraph: QuantumGraph,
     butler: Butler,
     *,
-    jobs: int = 1,
+    executor: Literal["serial", "pool", "parsl"] | None = None,
+    jobs: int | None = None,
+    site: SiteConfig | str | Path | None = None,
     fail_fast: bool = False,
     clobber: bool = False,
     progress: bool = False,
@@ -65,8 +70,15 @@ def execute_graph(
         The graph to execute.
     butler : `Butler`
         A writeable butler of the repository the graph was built for.
+    executor : `str`, optional
+        ``"serial"`` (every quantum in this process), ``"pool"`` (``jobs`` worker processes on this
+        machine) or ``"parsl"`` (Parsl apps, where the ``site`` says: local workers or Slurm jobs).
+        Default: ``"parsl"`` if a ``site`` is given, else ``"pool"`` if ``jobs`` > 1, else ``"serial"``.
     jobs : `int`, optional
-        Number of worker processes; 1 runs every quantum in this process.
+        Number of worker processes (per node with Parsl, overriding the site's ``workersPerNode``);
+        default 1, or the site's.
+    site : `SiteConfig`, `str` or `pathlib.Path`, optional
+        The Parsl site: a `SiteConfig`, a site file, or the name of a shipped one (default ``"local"``).
     fail_fast : `bool`, optional
         After the first failure, start no more quanta (the rest are "not_run").
     clobber : `bool`, optional
@@ -75,7 +87,7 @@ def execute_graph(
     progress : `bool`, optional
         Show a progress bar on standard error.
     start_method : `str`, optional
-        How worker processes start: ``"fork"`` (default where available: workers inherit the graph
+        How pool workers start: ``"fork"`` (default where available: workers inherit the graph
         and datastore) or ``"spawn"`` (workers read the graph from a temporary saved file once).
 
     Returns
@@ -85,26 +97,55 @@ def execute_graph(
 
     Raises
     ------
+    ValueError
+        If the executor is unknown, ``jobs`` < 1, or ``jobs`` > 1 with the serial executor.
+    ParslNotInstalledError
+        If the Parsl executor is asked for and Parsl is not installed.
+    SiteConfigError
+        If the site file is unreadable or invalid, or does not fit the graph.
     ConfigMismatchError
         If the output run holds configs (or package versions) that differ from the graph's.
     QuantumExecutionError
         If unfinished quanta have registered outputs and ``clobber`` is false.
     """
-    if jobs < 1:
+    if executor is None:
+        executor = "parsl" if site is not None else "pool" if jobs is not None and jobs > 1 else "serial"
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}.")
+    if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}.")
-    if jobs > 1:
+    if executor == "serial" and jobs is not None and jobs > 1:
+        raise ValueError(f"the serial executor runs one quantum at a time; use the pool or parsl executor for {jobs} jobs.")
+    if site is not None and executor != "parsl":
+        raise ValueError(f"a site is for the parsl executor only, not the {executor} executor.")
+    clusters = None
+    if executor == "parsl":  # fail before anything is written
+        require_parsl()
+        site = site if isinstance(site, SiteConfig) else load_site(site or "local")
+        if site.clustering is not None:
+            clusters = cluster_quanta(qgraph, site.clustering, butler.dimensions)
+    elif executor == "pool":
         _pool_context(start_method)  # fail early on an unknown start method
     start = time.perf_counter()
     write_run_provenance(butler, qgraph)
     init_infos = init_input_infos(butler, qgraph)
     plan = make_plan(qgraph, butler, clobber=clobber)
-    scheduler = Scheduler(qgraph, plan, fail_fast=fail_fast)
+    scheduler = Scheduler(qgraph, plan, fail_fast=fail_fast, clusters=clusters)
     if plan.skipped:
         _LOG.info("%d quanta finished in an earlier execution; skipping them.", len(plan.skipped))
     bar = _progress_bar(scheduler.to_run, progress)
     try:
-        if jobs > 1 and scheduler.to_run > 1:
-            _run_pool(qgraph, butler, scheduler, init_infos, jobs, bar, start_method)
+        if executor == "parsl":
+
+            def settle(cluster: list[Quantum], results: list[QuantumResult]) -> None:
+                by_id = {q.id: q for q in cluster}
+                scheduler.complete_cluster(cluster, [_register(butler, by_id[r.quantum_id], r) for r in results])
+                if bar is not None:
+                    bar.update(len(cluster))
+
+            run_parsl(qgraph, butler, scheduler, init_infos, site, workers=jobs or site.workersPerNode, settle=settle)
+        elif executor == "pool" and scheduler.to_run > 1:
+            _run_pool(qgraph, butler, scheduler, init_infos, jobs or 1, bar, start_method)
         else:
             _run_serial(qgraph, butler, scheduler, init_infos, bar)
     finally:
@@ -137,13 +178,9 @@ def _register(butler: Butler, quantum: Quantum, result: QuantumResult) -> Quantu
 def _run_serial(
     qgraph: QuantumGraph, butler: Butler, scheduler: Scheduler, init_infos: InitInfos, bar: Any
 ) -> None:
-    executor = SingleQuantumExecutor(init_infos)
-    tasks = qgraph.pipeline_graph.tasks
-    datastore = butler.datastore
+    state = WorkerState(qgraph, butler.datastore, init_infos)
     while (quantum := scheduler.next_ready()) is not None:
-        result = executor.execute(
-            tasks[quantum.task_label], quantum, datastore, scheduler.input_infos(quantum), clobber=True
-        )
+        result = state.execute(quantum.id, scheduler.input_infos(quantum))
         scheduler.complete(_register(butler, quantum, result))
         if bar is not None:
             bar.update(1)
@@ -167,38 +204,20 @@ class _WorkerSetup:
     repo_root: str | None = None
 
 
-class _WorkerState:
-    """A worker's graph, datastore and executor (module-global in each worker process)."""
-
-    def __init__(self, qgraph: QuantumGraph, datastore: FileDatastore, init_infos: InitInfos):
-        self.qgraph = qgraph
-        self.datastore = datastore
-        self.executor = SingleQuantumExecutor(init_infos)
-        for node in qgraph.pipeline_graph.tasks.values():  # import every task class once
-            node.task_class
-
-
-_STATE: _WorkerState | None = None
+_STATE: WorkerState | None = None
 
 
 def _init_worker(setup: _WorkerSetup) -> None:
     global _STATE
-    qgraph, datastore = setup.qgraph, setup.datastore
-    if qgraph is None or datastore is None:
-        from butler._config import ButlerConfig
-
-        config = ButlerConfig(setup.repo_root)
-        datastore = FileDatastore(config.root, config.datastore, config.storage_classes, config.formatters)
-        qgraph = QuantumGraph.load(setup.graph_path, universe=config.universe)
-    _STATE = _WorkerState(qgraph, datastore, setup.init_infos)
+    if setup.qgraph is None or setup.datastore is None:
+        _STATE = WorkerState.from_files(setup.graph_path, setup.repo_root, setup.init_infos)
+    else:
+        _STATE = WorkerState(setup.qgraph, setup.datastore, setup.init_infos)
 
 
 def _execute_in_worker(quantum_id: uuid.UUID, input_infos: Mapping[uuid.UUID, StoredFileInfo]) -> QuantumResult:
-    state = _STATE
-    assert state is not None, "worker not initialised"
-    quantum = state.qgraph.quanta[quantum_id]
-    node = state.qgraph.pipeline_graph.tasks[quantum.task_label]
-    return state.executor.execute(node, quantum, state.datastore, input_infos, clobber=True)
+    assert _STATE is not None, "worker not initialised"
+    return _STATE.execute(quantum_id, input_infos)
 
 
 def _pool_context(start_method: str | None) -> tuple[multiprocessing.context.BaseContext, bool]:

@@ -8,6 +8,7 @@ through the datastore only, and returns a `QuantumResult` (picklable, and JSON-a
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import socket
 import sys
@@ -182,6 +183,7 @@ class SingleQuantumExecutor:
                 "cpuTime": time.process_time() - start_cpu,
                 "maxRss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "host": _HOST,
+                "pid": os.getpid(),
             }
             provenance.append((metadata, quantum.metadata_ref))
         if status == "failed" and written:

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 from toy_tasks import VISIT_DETECTOR, AddOneConfig, AddOneTask
@@ -46,6 +47,10 @@ class FlakyAddOneConfig(AddOneConfig):
     noWorkDetectors: list[int] = Field(default_factory=list, description="Detectors whose quanta raise NoWorkFound.")
     sleep: float = Field(0.0, ge=0, description="Seconds every quantum sleeps before running.")
     failFlagFile: str = Field("", description="If this file exists, the quanta of failDetectors fail (else they run).")
+    markerDir: str = Field(
+        "", description="If set, every attempt of a quantum of killDetectors or failDetectors appends a line to "
+        "<markerDir>/<visit>-<detector>, and a quantum of killDetectors kills its worker on its first attempt only.",
+    )
 
 
 class FlakyAddOneTask(AddOneTask):
@@ -56,7 +61,13 @@ class FlakyAddOneTask(AddOneTask):
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):  # noqa: N802,N803
         detector, visit = butlerQC.dataId["detector"], butlerQC.dataId["visit"]
-        if detector in self.config.killDetectors:
+        attempts = 0
+        if self.config.markerDir and detector in self.config.killDetectors + self.config.failDetectors:
+            marker = os.path.join(self.config.markerDir, f"{visit}-{detector}")
+            attempts = Path(marker).read_text().count("\n") if os.path.exists(marker) else 0
+            with open(marker, "a") as stream:
+                stream.write(f"attempt {attempts + 1} in process {os.getpid()}\n")
+        if detector in self.config.killDetectors and not (self.config.markerDir and attempts):
             if multiprocessing.parent_process() is None:  # never kill the main (test) process
                 raise RuntimeError("killDetectors only works in a worker process (jobs > 1)")
             os.kill(os.getpid(), signal.SIGKILL)

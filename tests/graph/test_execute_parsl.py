@@ -1,0 +1,338 @@
+"""The Parsl executor (`graph/execute/_parsl.py`, `_site.py`): site files, clustering, lost workers retried,
+task failures not retried, and the ``pipetask run --executor parsl`` command.
+
+Each Parsl execution starts local workers (a few seconds): those tests are slow-marked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import N_DETECTORS
+from test_execute import (
+    VALUE,
+    build,
+    data_ids,
+    get,
+    input_value,
+    make_pipeline,
+    make_repo,
+    statuses_by_data_id,
+)
+from toy_tasks import VISIT_DETECTOR
+
+from butler import Butler, FileDataset
+from graph import (
+    Input,
+    Output,
+    PipelineTask,
+    PipelineTaskConfig,
+    PipelineTaskConnections,
+    Struct,
+)
+from graph.builder import build_quantum_graph
+from graph.cli import cli
+from graph.execute import (
+    ClusteringConfig,
+    ParslNotInstalledError,
+    SiteConfig,
+    SiteConfigError,
+    execute_graph,
+    load_site,
+)
+from graph.execute._parsl import INSTALL_HINT, _retry_cost
+from graph.execute._site import cluster_quanta
+from graph.pipeline import Pipeline
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+needs_parsl = pytest.mark.skipif(importlib.util.find_spec("parsl") is None, reason="Parsl is not installed")
+
+
+def local_site(**settings) -> SiteConfig:
+    """Two local workers that notice a dead worker within a second; two retries."""
+    return SiteConfig.model_validate(
+        {"provider": {"type": "local"}, "workersPerNode": 2, "numberOfRetries": 2, "heartbeatPeriod": 1, **settings}
+    )
+
+
+@pytest.fixture
+def worker_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsl's workers are new processes: they find the toy tasks through PYTHONPATH."""
+    paths = [str(ROOT), str(TESTS), str(TESTS / "graph")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+# Site files -----------------------------------------------------------------------------------------------
+
+
+def test_shipped_site_files_load_with_their_documented_settings():
+    local = load_site("local")
+    assert local.provider.type == "local" and local.workersPerNode == 2 and local.numberOfRetries == 2
+    slurm = load_site(ROOT / "repo_template" / "sites" / "slurm.yaml")
+    assert slurm.provider.type == "slurm" and slurm.provider.walltime == "04:00:00"
+    assert slurm.provider.workerInit.startswith("source ") and slurm.provider.workerInit.endswith(".venv/bin/activate")
+    assert slurm.clustering == ClusteringConfig(dimensions=["visit", "detector"], equalDimensions={"visit": "exposure"})
+    assert slurm.resources["calibrate"].memory == 4000
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"provider": {"type": "slurm", "partiton": "x"}}, "unknown key 'provider.partiton'"),
+        ({"provider": {"type": "local"}, "numberOfRetries": "three"}, "key 'numberOfRetries': Input should be a valid integer"),
+        ({"provider": {"type": "local"}, "clustering": {"dimension": ["visit"]}}, "unknown key 'clustering.dimension'"),
+        ({"provider": {"type": "pbs"}}, "key 'provider.type' must be 'local' or 'slurm', not 'pbs'"),
+        ({"provider": {"type": "slurm", "walltime": "4h"}}, "key 'provider.walltime': String should match pattern"),
+        ({"workersPerNode": 2}, "key 'provider' is missing"),
+    ],
+)
+def test_site_file_errors_name_the_key(tmp_path, content, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(SiteConfigError, match="site file .*site.yaml: ") as info:
+        load_site(path)
+    assert message in str(info.value)
+
+
+def test_a_missing_site_file_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(SiteConfigError, match=r"cannot read site file .*nowhere.yaml.*local.yaml, slurm.yaml"):
+        load_site(tmp_path / "nowhere.yaml")
+
+
+def test_without_parsl_the_command_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "parsl", None)  # makes `import parsl` fail
+    result = CliRunner().invoke(cli, ["run", "-b", str(tmp_path), "-g", __file__, "--executor", "parsl"])
+    assert result.exit_code == 1
+    assert f"install it with: {INSTALL_HINT}" in result.output and INSTALL_HINT == "pip install 'butler-pipelines[parsl]'"
+
+
+def test_without_parsl_nothing_is_written(butler, monkeypatch):
+    monkeypatch.setitem(sys.modules, "parsl", None)
+    with pytest.raises(ParslNotInstalledError, match=r"pip install 'butler-pipelines\[parsl\]'"):
+        execute_graph(build(butler, make_pipeline(stats=False), where="visit = 1"), butler, executor="parsl")
+    assert "out" not in butler.registry.query_collections()
+
+
+@needs_parsl
+def test_only_lost_workers_are_retried():
+    from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
+
+    assert _retry_cost(WorkerLost(0, "node"), {}) == 1 and _retry_cost(ManagerLost(b"m", "node"), {}) == 1
+    assert _retry_cost(RuntimeError("task error"), {}) == float("inf")
+
+
+@needs_parsl
+def test_slurm_site_submits_the_documented_job(butler, tmp_path, monkeypatch):
+    """The shipped Slurm site as a Parsl config, and the script it gives ``sbatch`` (a fake one here)."""
+    from graph.execute._parsl import _parsl_config
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 42"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    graph = build(butler, make_pipeline(stats=False), where="visit = 1")
+    site = SiteConfig.model_validate({**load_site("slurm").model_dump(), "resources": {"addOne": {"cores": 2, "memory": 3072}}})
+    config = _parsl_config(site, graph, workers=16, run_dir=tmp_path / "runinfo")
+    (executor,) = config.executors
+    assert config.retries == 3 and executor.max_workers_per_node == 16
+    assert executor.cores_per_worker == 2 and executor.mem_per_worker == 3.0  # GB, for the largest request
+    provider = executor.provider
+    provider.script_dir = str(tmp_path)
+    assert provider.submit("launch-workers", tasks_per_node=1, job_name="block-0") == "42"
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --partition=normal", "#SBATCH --exclusive", "#SBATCH --time=240", "#SBATCH --nodes=1",
+                 "#SBATCH --cpus-per-task=32", "source /path/to/butler-pipelines/.venv/bin/activate", "launch-workers"):
+        assert line in script, line
+    assert "--account" not in script and "--qos" not in script
+
+
+# Clustering -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def butler(tmp_path: Path) -> Butler:
+    b = make_repo(tmp_path / "repo")
+    yield b
+    b.close()
+
+
+def test_clustering_by_visit_groups_each_visits_quanta(butler):
+    graph = build(butler, make_pipeline())
+    clusters = cluster_quanta(graph, ClusteringConfig(dimensions=["visit"]), butler.dimensions)
+    members = defaultdict(list)
+    for q in graph:
+        members[clusters[q.id]].append(q.task_label)
+    assert len(members) == 10 and all(Counter(labels) == {"addOne": 4, "stats": 4, "sum": 1} for labels in members.values())
+
+
+def test_quanta_lacking_a_clustering_dimension_run_alone(butler):
+    graph = build(butler, make_pipeline())
+    clusters = cluster_quanta(graph, ClusteringConfig(dimensions=["visit", "detector"]), butler.dimensions)
+    sizes = Counter(Counter(clusters.values()).values())
+    assert sizes == {2: 40, 1: 10}  # addOne + stats per detector; each sum alone
+    assert all(clusters[q.id] == q.id for q in graph.quanta_for("sum"))
+
+
+class ScaleConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
+    image = Input(name="toy_output", storageClass="NumpyArray", dimensions=VISIT_DETECTOR, doc="An image.")
+    total = Input(name="toy_visit_sum", storageClass="NumpyArray", dimensions=("instrument", "visit"), doc="Its visit's sum.")
+    output = Output(name="toy_scaled", storageClass="NumpyArray", dimensions=VISIT_DETECTOR, doc="image / total.")
+
+
+class ScaleConfig(PipelineTaskConfig, pipelineConnections=ScaleConnections):
+    pass
+
+
+class ScaleTask(PipelineTask):
+    """A detector-level task reading a visit-level output (so a visit's detectors wait for their visit)."""
+
+    ConfigClass = ScaleConfig
+    _DefaultName = "scale"
+
+    def run(self, image: np.ndarray, total: np.ndarray) -> Struct:
+        return Struct(output=image / total)
+
+
+def test_clusters_that_need_each_other_are_refused(butler):
+    pipeline = make_pipeline(stats=False)
+    pipeline.add_task("test_execute_parsl.ScaleTask", "scale")
+    graph = build(butler, pipeline, where="visit IN (1, 2)")
+    assert len(set(cluster_quanta(graph, ClusteringConfig(dimensions=["visit"]), butler.dimensions).values())) == 2
+    with pytest.raises(SiteConfigError, match=r"clustering by \['visit', 'detector'\] makes clusters that need each other") as info:
+        cluster_quanta(graph, ClusteringConfig(dimensions=["visit", "detector"]), butler.dimensions)
+    cycle = str(info.value).partition("(")[2].partition(")")[0].split(" -> ")
+    assert len(cycle) == 3 and cycle[0] == cycle[2]  # a detector's cluster -> its visit's sum -> that cluster
+    assert {step.partition(" ")[0] for step in cycle} == {"sum", "cluster"}
+
+
+def test_clustering_by_an_unknown_dimension_names_it(butler):
+    graph = build(butler, make_pipeline(stats=False), where="visit = 1")
+    with pytest.raises(SiteConfigError, match="site file key 'clustering': 'visitt' is not a dimension"):
+        cluster_quanta(graph, ClusteringConfig(dimensions=["visitt"]), butler.dimensions)
+
+
+# Execution ------------------------------------------------------------------------------------------------
+
+
+@needs_parsl
+@pytest.mark.slow
+def test_parsl_run_gives_the_serial_statuses_values_and_does_not_retry_task_failures(tmp_path, worker_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = {"failDetectors": [1], "failVisits": [5], "markerDir": str(markers)}
+    outcomes = {}
+    for executor in ("serial", "parsl"):
+        with make_repo(tmp_path / executor) as butler:
+            graph = build(butler, make_pipeline(config))
+            site = local_site() if executor == "parsl" else None
+            report = execute_graph(graph, butler, executor=executor, site=site)
+            sums = {v: get(butler, "toy_visit_sum", visit=v) for v in range(10) if v != 5}
+            outcomes[executor] = (statuses_by_data_id(graph, report), sums, [f.error for f in report.failed])
+            assert butler.verify(checksums=True).ok  # no orphan files: manifests are gone, .parsl/ is not data
+            assert len(data_ids(butler, "toy_output")) == 39 and len(data_ids(butler, "addOne_log")) == 40
+        marker = markers / "5-1"
+        assert marker.read_text().count("\n") == 1, marker.read_text()  # failed once, not retried
+        marker.unlink()
+    (serial, serial_sums, serial_errors), (parsl, parsl_sums, parsl_errors) = outcomes["serial"], outcomes["parsl"]
+    assert parsl == serial and Counter(parsl.values()) == {"succeeded": 87, "failed": 1, "blocked": 2}
+    assert parsl_errors == serial_errors == ["RuntimeError: detector 1 is configured to fail"]
+    for v, value in serial_sums.items():
+        np.testing.assert_array_equal(parsl_sums[v], value)
+    assert not list((tmp_path / "parsl" / ".parsl" / "submissions").iterdir())
+
+
+@needs_parsl
+@pytest.mark.slow
+def test_killed_workers_are_retried_until_every_quantum_succeeds(tmp_path, worker_path):
+    """Through ``pipetask run --executor parsl --site``: each quantum of detector 3 kills its worker once."""
+    root = tmp_path / "repo"
+    make_repo(root).close()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(make_pipeline({"killDetectors": [3], "markerDir": str(markers)}, stats=False).to_yaml())
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"provider": {"type": "local"}, "workersPerNode": 1, "numberOfRetries": 1,
+                                    "heartbeatPeriod": 1}))
+    result = CliRunner().invoke(cli, [
+        "run", "-b", str(root), "-p", str(pipeline), "-i", "inputs", "--output-run", "out", "-d", "visit IN (0..3)",
+        "--register-dataset-types", "--site", str(site), "-j", "2",
+    ])
+    assert result.exit_code == 0, result.output
+    attempts = {path.name: path.read_text().splitlines() for path in markers.iterdir()}
+    assert sorted(attempts) == [f"{v}-3" for v in range(4)]
+    assert all(len(lines) == 2 and lines[0].split()[-1] != lines[1].split()[-1] for lines in attempts.values()), attempts
+    with Butler(root) as butler:
+        assert sorted(data_ids(butler, "toy_output")) == [(v, d) for v in range(4) for d in range(N_DETECTORS)]
+        np.testing.assert_array_equal(get(butler, "toy_output", visit=2, detector=3), input_value(2, 3) + VALUE)
+        assert len(data_ids(butler, "sum_metadata")) == 4 and butler.verify().ok
+
+
+@needs_parsl
+@pytest.mark.slow
+def test_a_cluster_runs_in_one_process_and_a_failure_blocks_only_its_descendants(butler, worker_path):
+    graph = build(butler, make_pipeline({"failDetectors": [2], "failVisits": [3]}), where="visit IN (2..5)")
+    site = local_site(clustering={"dimensions": ["visit"]})
+    report = execute_graph(graph, butler, site=site, jobs=2)
+    by_id = statuses_by_data_id(graph, report)
+    assert {k for k, s in by_id.items() if s == "failed"} == {("addOne", 3, 2)}
+    assert {k for k, s in by_id.items() if s == "blocked"} == {("sum", 3, None), ("stats", 3, 2)}
+    pids = defaultdict(set)
+    for name in ("addOne_metadata", "stats_metadata", "sum_metadata"):
+        for ref in butler.registry.query_datasets(name, ["out"]):
+            pids[ref.data_id["visit"]].add(butler.get(ref)["quantum.pid"])
+    assert sorted(pids) == [2, 3, 4, 5] and all(len(p) == 1 for p in pids.values())
+    np.testing.assert_array_equal(get(butler, "toy_visit_sum", visit=4), sum(input_value(4, d) + VALUE for d in range(4)))
+
+
+# SimCam ProcessCcd --------------------------------------------------------------------------------------
+
+CCD_VISITS = 2  # x 9 detectors; the acceptance figure (4 visits) was checked by setting it to 4
+
+@needs_parsl
+@pytest.mark.slow
+def test_process_ccd_through_parsl_writes_the_serial_runs_files(tmp_path, worker_path):
+    """ProcessCcd on 9 detectors x `CCD_VISITS` SimCam visits, one app per visit+detector on 2 local workers: every
+    output's checksum equals that of the same graph run serially (in a copy of the repository).  The
+    metadata (timings, pids) and logs are not outputs of connections and are not compared."""
+    from tasks.instruments import define_visits, ingest_raws
+    from tasks.instruments.simcam import simulate_raws
+
+    truth = simulate_raws(tmp_path / "sim", n_visits=CCD_VISITS, seed=23, sky_frames=False)
+    serial_root, parsl_root = tmp_path / "serial", tmp_path / "parsl"
+    with Butler.create(serial_root) as butler:
+        assert ingest_raws(butler, [truth.root / "raw"], transfer="symlink").ok
+        define_visits(butler, "SimCam")
+        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
+        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink", run="refcats/sim")
+        butler.collection_chain("refcats", ["refcats/sim"])
+        pipeline = Pipeline.from_file(str(ROOT / "repo_template/pipelines/SimCam/ProcessCcd.yaml#processCcd"))
+        graph, _ = build_quantum_graph(pipeline.to_graph(butler.dimensions), butler,
+                                       input_collections=["SimCam/raw/all", "refcats"], output_run="ccd")
+    n = 9 * CCD_VISITS
+    assert graph.summary() == {"isr": n, "characterizeImage": n, "calibrate": n}
+    shutil.copytree(serial_root, parsl_root, symlinks=True)
+    site = local_site(clustering={"dimensions": ["visit", "detector"], "equalDimensions": {"visit": "exposure"}})
+    checksums = {}
+    for root, options in ((serial_root, {}), (parsl_root, {"site": site})):
+        with Butler(root) as butler:
+            report = execute_graph(graph, butler, **options)
+            assert report.ok and report.total("succeeded") == 3 * n, str(report)
+            refs = [ref for quantum in graph for refs in quantum.outputs.values() for ref in refs]
+            records = butler.registry.get_datastore_records([r.id for r in refs])
+            checksums[root] = {(r.dataset_type.name, tuple(r.data_id.required.values())): records[r.id]["checksum"] for r in refs}
+    serial, parallel = checksums[serial_root], checksums[parsl_root]
+    assert {name for name, _ in serial} >= {"postISRCCD", "calexp", "calexpBackground", "src", "icSrc"}
+    assert all(serial.values())
+    assert parallel == serial
