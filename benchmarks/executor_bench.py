@@ -48,12 +48,11 @@ import psutil  # noqa: E402
 import toy_exec_tasks  # noqa: E402
 from qgraph_bench import make_exec_repo  # noqa: E402
 
-from butler import Butler, FileDataset  # noqa: E402
+from butler import Butler  # noqa: E402
 from graph.builder import build_quantum_graph  # noqa: E402
 from graph.execute import execute_graph  # noqa: E402
 from graph.pipeline import Pipeline  # noqa: E402
-from tasks.instruments import define_visits, ingest_raws  # noqa: E402
-from tasks.instruments.simcam import simulate_raws  # noqa: E402
+from tasks.instruments.simcam import ingest_simulation, simulate_raws  # noqa: E402
 
 EXECUTORS: dict[str, dict[str, Any]] = {
     "serial": {"executor": "serial"},
@@ -122,11 +121,7 @@ def bench_ccd(tmp: Path, n_visits: int) -> dict[str, Any]:
     pipeline = Pipeline.from_file(f"{CCD_PIPELINE}#processCcd")
     out: dict[str, Any] = {"ccd_visits": n_visits, "ccd_detectors": 9, "cpu_speedup_ceiling": cpu_speedup_ceiling()}
     with Butler.create(tmp / "ccd") as butler:
-        assert ingest_raws(butler, [truth.root / "raw"], transfer="symlink").ok
-        define_visits(butler, "SimCam")
-        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
-        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink",
-                      run="refcats/sim")
+        ingest_simulation(butler, truth)
         for name, options in EXECUTORS.items():
             n, elapsed, busy = timed_run(butler, pipeline, ["SimCam/raw/all", "refcats/sim"], f"ccd/{name}", **options)
             out["ccd_quanta"], out[f"ccd_{name}_s"], out[f"ccd_{name}_busy_cores"] = n, round(elapsed, 1), round(busy, 2)

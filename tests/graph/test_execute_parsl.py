@@ -30,7 +30,7 @@ from test_execute import (
 )
 from toy_tasks import VISIT_DETECTOR
 
-from butler import Butler, FileDataset
+from butler import Butler
 from graph import (
     Input,
     Output,
@@ -306,17 +306,12 @@ def test_process_ccd_through_parsl_writes_the_serial_runs_files(tmp_path, worker
     """ProcessCcd on 9 detectors x `CCD_VISITS` SimCam visits, one app per visit+detector on 2 local workers: every
     output's checksum equals that of the same graph run serially (in a copy of the repository).  The
     metadata (timings, pids) and logs are not outputs of connections and are not compared."""
-    from tasks.instruments import define_visits, ingest_raws
-    from tasks.instruments.simcam import simulate_raws
+    from tasks.instruments.simcam import ingest_simulation, simulate_raws
 
     truth = simulate_raws(tmp_path / "sim", n_visits=CCD_VISITS, seed=23, sky_frames=False)
     serial_root, parsl_root = tmp_path / "serial", tmp_path / "parsl"
     with Butler.create(serial_root) as butler:
-        assert ingest_raws(butler, [truth.root / "raw"], transfer="symlink").ok
-        define_visits(butler, "SimCam")
-        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
-        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink", run="refcats/sim")
-        butler.collection_chain("refcats", ["refcats/sim"])
+        ingest_simulation(butler, truth)
         pipeline = Pipeline.from_file(str(ROOT / "repo_template/pipelines/SimCam/ProcessCcd.yaml#processCcd"))
         graph, _ = build_quantum_graph(pipeline.to_graph(butler.dimensions), butler,
                                        input_collections=["SimCam/raw/all", "refcats"], output_run="ccd")

@@ -16,11 +16,10 @@ import pytest
 from click.testing import CliRunner
 from scipy.spatial import cKDTree
 
-from butler import Butler, FileDataset
+from butler import Butler
 from graph.cli import cli
 from tasks.image import SkyMap
-from tasks.instruments import define_visits, ingest_raws
-from tasks.instruments.simcam import simulate_raws
+from tasks.instruments.simcam import ingest_simulation, simulate_raws
 
 DRP = "repo_template/pipelines/SimCam/DRP.yaml"
 AP = "repo_template/pipelines/SimCam/AP.yaml"
@@ -47,13 +46,7 @@ def ap_run(tmp_path_factory: pytest.TempPathFactory):
     truth = simulate_raws(root / "sim", n_visits=N_VISITS, seed=SEED, sky_frames=False, transients_from=TEMPLATE_VISITS)
     repo = root / "repo"
     with Butler.create(repo) as butler:
-        report = ingest_raws(butler, [truth.root / "raw"], transfer="symlink")
-        assert report.ok, report.failures
-        define_visits(butler, "SimCam")
-        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
-        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink",
-                      run="refcats/sim")
-        butler.collection_chain("refcats", ["refcats/sim"])
+        ingest_simulation(butler, truth)
         SkyMap.from_yaml(SKYMAP).register(butler)
     visits = truth.visit_ids
     template_visits = visits[:TEMPLATE_VISITS]

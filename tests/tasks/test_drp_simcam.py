@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from butler import Butler, FileDataset
+from butler import Butler
 from graph import Pipeline
 from graph.builder import build_quantum_graph
 from graph.cli import cli
 from tasks.image import SkyMap
-from tasks.instruments import define_visits, ingest_raws
-from tasks.instruments.simcam import SimCam, simulate_raws
+from tasks.instruments.simcam import SimCam, ingest_simulation, simulate_raws
 from tasks.instruments.simcam._camera import DETECTOR_SIZE, detector_wcs
 
 PIPELINE = "repo_template/pipelines/SimCam/DRP.yaml"
@@ -41,13 +40,7 @@ def sim_repo(tmp_path_factory: pytest.TempPathFactory):
         truth.raw_path(visit, detector).unlink()
     repo = root / "repo"
     with Butler.create(repo) as butler:
-        report = ingest_raws(butler, [truth.root / "raw"], transfer="symlink")
-        assert report.ok, report.failures
-        define_visits(butler, "SimCam")
-        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
-        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink",
-                      run="refcats/sim")
-        butler.collection_chain("refcats", ["refcats/sim"])
+        ingest_simulation(butler, truth)
         SkyMap.from_yaml(SKYMAP).register(butler)
     return truth, repo
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tasks.instruments.simcam import (
     SimCamRawFormatter,
     SimulationError,
     SimulationTruth,
+    ingest_simulation,
     simulate_raws,
 )
 from tasks.isr import IsrTask
@@ -363,3 +365,25 @@ def test_ingest_and_define_visits_give_nine_detectors_per_visit_with_regions(tmp
         ra, dec = detector_wcs(camera[region.detector], v["ra"], v["dec"]).pixel_to_world_values(511.5, 511.5)
         assert region.region.contains(UnitVector3d(LonLat.fromDegrees(float(ra), float(dec))))
     butler.close()
+
+
+def test_ingest_simulation_gives_process_ccd_its_inputs(sim, tmp_path):
+    """Raws in SimCam/raw/all, one visit per exposure, the reference catalogue through the ``refcats`` chain."""
+    with Butler.create(tmp_path / "repo") as butler:
+        ingest_simulation(butler, sim)
+        raws = butler.query_datasets("raw", collections="SimCam/raw/all")
+        assert sorted((r.data_id["exposure"], r.data_id["detector"]) for r in raws) == [
+            (v, DETECTOR) for v in sim.visit_ids
+        ]
+        visits = {r.id for r in butler.query_dimension_records("visit", instrument="SimCam")}
+        assert visits == set(sim.visit_ids)
+        refcat = butler.get("refcat", collections="refcats")
+        assert len(refcat) == len(sim.reference_catalog())
+
+
+def test_ingest_simulation_refuses_an_unreadable_raw(sim, tmp_path):
+    shutil.copytree(sim.root, tmp_path / "sim")
+    broken = SimulationTruth.load(tmp_path / "sim")
+    broken.raw_path(sim.visit_ids[0], DETECTOR).write_bytes(b"not a FITS file")
+    with Butler.create(tmp_path / "repo") as butler, pytest.raises(IngestError, match="could not all be ingested"):
+        ingest_simulation(butler, broken)

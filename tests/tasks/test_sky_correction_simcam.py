@@ -26,12 +26,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from butler import Butler, FileDataset
+from butler import Butler
 from butler.cli import cli as butler_cli
 from graph.cli import cli
 from tasks.image import Exposure, FocalPlaneBackground, MaskedImage
-from tasks.instruments import define_visits, ingest_raws
-from tasks.instruments.simcam import SimCam, SimulationTruth, simulate_raws, sky_frame
+from tasks.instruments.simcam import SimCam, SimulationTruth, ingest_simulation, simulate_raws, sky_frame
 from tasks.sky_frame import SkyFrameVisitConfig
 
 PROCESS_CCD = "repo_template/pipelines/SimCam/ProcessCcd.yaml"
@@ -74,13 +73,7 @@ def sky_run(tmp_path_factory: pytest.TempPathFactory) -> SkyRun:
     truth = simulate_raws(root / "sim", n_visits=N_VISITS, seed=SEED, sky_frames=True)
     repo = root / "repo"
     with Butler.create(repo) as butler:
-        report = ingest_raws(butler, [truth.root / "raw"], transfer="symlink")
-        assert report.ok, report.failures
-        define_visits(butler, "SimCam")
-        butler.register_dataset_type("refcat", [], "AstropyFitsTable")
-        butler.ingest(FileDataset(truth.root / "truth" / "refcat.fits", "refcat", {}), transfer="symlink",
-                      run="refcats/sim")
-        butler.collection_chain("refcats", ["refcats/sim"])
+        ingest_simulation(butler, truth)
     visits = truth.visit_ids
     sky_frame_visits, corrected = visits[:N_SKY_FRAME_VISITS], visits[N_SKY_FRAME_VISITS:]
     b = ["-b", str(repo), "--register-dataset-types"]
