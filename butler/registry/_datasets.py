@@ -30,6 +30,8 @@ from .schema import CollectionType, RegistryTables
 __all__ = ["DatasetManager", "DatasetTypeRecord"]
 
 _RECORD_COLUMNS = ("path", "formatter", "storage_class", "checksum", "file_size")
+#: Key of the PostgreSQL advisory lock that serialises dataset type registrations (any fixed 64-bit integer).
+_REGISTRATION_LOCK = 0x6275746C65722D64  # "butler-d"
 
 
 class DatasetTypeRecord:
@@ -107,6 +109,11 @@ class DatasetManager:
     def register_type(self, dataset_type: DatasetType) -> bool:
         """Register a dataset type; return `False` if an identical one exists.
 
+        Safe against other processes registering the same type (or another type of the same dimensions, which
+        shares its tags table) at the same time: the existence check is repeated inside the write transaction,
+        which SQLite serialises (``BEGIN IMMEDIATE``) and PostgreSQL serialises with a transaction-level
+        advisory lock (concurrent ``CREATE TABLE``s of one name fail there).
+
         Raises
         ------
         ConflictingDefinitionError
@@ -116,35 +123,47 @@ class DatasetManager:
             raise DatasetTypeError(f"component dataset type {dataset_type.name!r} cannot be registered; register its parent.")
         existing = self.find_type(dataset_type.name)
         if existing is not None:
-            old = existing.dataset_type
-            if not old.is_compatible_with(dataset_type) or old.is_calibration != dataset_type.is_calibration:
-                raise ConflictingDefinitionError(
-                    f"dataset type {dataset_type.name!r} is already registered with dimensions {old.dimensions} and "
-                    f"storage class {old.storage_class}; the new definition has {dataset_type.dimensions} and "
-                    f"{dataset_type.storage_class}. Use another name or remove the old type."
-                )
+            self._check_compatible(existing.dataset_type, dataset_type)
             return False
         tags = self._tables.tag_table(dataset_type.dimensions)
         t = self._tables.dataset_type
         with self._db.transaction(write=True) as conn:
-            tags.create(conn, checkfirst=True)
-            if dataset_type.is_calibration:
-                self._tables.calib_table(dataset_type.dimensions).create(conn, checkfirst=True)
-            new_id = conn.execute(
-                t.insert()
-                .values(
-                    name=dataset_type.name,
-                    dimensions=" ".join(dataset_type.dimensions.names),
-                    storage_class=dataset_type.storage_class,
-                    is_calibration=dataset_type.is_calibration,
-                    tag_table=tags.name,
-                )
-                .returning(t.c.id)
-            ).scalar_one()
+            if not self._db.is_sqlite:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_REGISTRATION_LOCK)))
+            registered_meanwhile = conn.execute(sa.select(t.c.id).where(t.c.name == dataset_type.name)).first()
+            if registered_meanwhile is None:
+                tags.create(conn, checkfirst=True)
+                if dataset_type.is_calibration:
+                    self._tables.calib_table(dataset_type.dimensions).create(conn, checkfirst=True)
+                new_id = conn.execute(
+                    t.insert()
+                    .values(
+                        name=dataset_type.name,
+                        dimensions=" ".join(dataset_type.dimensions.names),
+                        storage_class=dataset_type.storage_class,
+                        is_calibration=dataset_type.is_calibration,
+                        tag_table=tags.name,
+                    )
+                    .returning(t.c.id)
+                ).scalar_one()
+        if registered_meanwhile is not None:
+            self._load()
+            self._check_compatible(self._types[dataset_type.name].dataset_type, dataset_type)
+            return False
         record = DatasetTypeRecord(dataset_type, new_id, tags)
         self._types[dataset_type.name] = record
         self._by_id[new_id] = record
         return True
+
+    @staticmethod
+    def _check_compatible(old: DatasetType, new: DatasetType) -> None:
+        """Raise `ConflictingDefinitionError` unless ``new`` may be registered again as ``old``."""
+        if not old.is_compatible_with(new) or old.is_calibration != new.is_calibration:
+            raise ConflictingDefinitionError(
+                f"dataset type {new.name!r} is already registered with dimensions {old.dimensions} and "
+                f"storage class {old.storage_class}; the new definition has {new.dimensions} and "
+                f"{new.storage_class}. Use another name or remove the old type."
+            )
 
     def query_types(self, pattern: str | Sequence[str] = "*") -> list[DatasetType]:
         """Registered dataset types whose names match glob patterns, sorted by name."""
