@@ -34,9 +34,8 @@ def test_concurrent_runs_register_every_dataset_once_with_its_file(populated: Bu
         for d in range(N_DETECTORS):
             butler.put(input_value(v, d), "toy_input", {"instrument": "Cam", "visit": v, "detector": d}, run="inputs")
     toy = make_pipeline({"sleep": 0.05}, stats=False)  # 40 addOne + 10 sum quanta, >= 2 s
-    # Registered once beforehand, as a first run would: three processes making the same new dataset
-    # tables at once is a race of its own (PostgreSQL refuses concurrent CREATE TABLEs of one name).
-    toy.to_graph(butler.dimensions).register_dataset_types(butler)
+    # Not registered beforehand: every process registers the pipeline's new dataset types at once
+    # (--register-dataset-types), which must not fail (tests/butler/test_concurrent_registration.py).
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(toy.to_yaml())
     root = str(butler.config.root)
