@@ -12,7 +12,7 @@ Typical use::
 from ._butler import Butler, DeferredDatasetHandle, FileDataset, VerifyReport
 from .datasets import DatasetIdGenEnum, DatasetRef, DatasetType, StorageClass
 from .dimensions import DataCoordinate, DimensionGroup, DimensionRecord, DimensionUniverse
-from .registry import CollectionType, DatasetAssociation, Registry
+from .registry import CollectionType, DatasetAssociation, QuantumRecord, Registry
 from .timespan import Timespan
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DimensionRecord",
     "DimensionUniverse",
     "FileDataset",
+    "QuantumRecord",
     "Registry",
     "StorageClass",
     "Timespan",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -22,7 +23,10 @@ from .errors import (
     CorruptDatasetError,
     DatasetNotFoundError,
     DatasetTypeError,
+    ReadOnlyRepositoryError,
+    RunLockedError,
 )
+from .locks import busy_runs, run_lock
 from .registry import CollectionType, Registry
 from .registry._collections import CollectionArg
 from .timespan import Timespan
@@ -88,8 +92,8 @@ class VerifyReport:
     corrupt_files : `list` [`tuple` [`str`, `str`, `str`]]
         (dataset ID, path, reason) of files whose size or checksum differs from the record.
     orphan_files : `list` [`str`]
-        Files under the root that no dataset refers to (``.quarantine/`` and the Parsl executor's
-        ``.parsl/`` are not datasets' places and are not searched).
+        Files under the root that no dataset refers to (the service directories ``.quarantine/``,
+        ``.parsl/`` and ``.locks/`` are not searched: `FileDatastore.walk_files`).
     temp_files : `list` [`str`]
         Temporary files left by interrupted writes.
     datasets_without_records : `list` [`str`]
@@ -127,7 +131,8 @@ class Butler:
         Default RUN collection for `put` and `ingest`; registered if new.  Also the default search
         collection when ``collections`` is not given.
     writeable : `bool`, optional
-        With `False`, every write raises `ButlerError` and nothing changes.
+        With `False`, every write raises `ReadOnlyRepositoryError` (a `ButlerError`) and nothing
+        changes: not the database, not the files.
 
     Raises
     ------
@@ -256,6 +261,27 @@ class Butler:
         return self.registry.get_dataset_type(name)
 
     # Writing ---------------------------------------------------------------------------------------
+
+    def require_writeable(self, action: str) -> None:
+        """Refuse an action that would change the repository if this Butler was opened read-only.
+
+        For actions that change files before the registry (which refuses every write itself).
+
+        Parameters
+        ----------
+        action : `str`
+            What is refused, for the message (``"remove_runs"``).
+
+        Raises
+        ------
+        ReadOnlyRepositoryError
+            If the Butler was opened with ``writeable=False``.
+        """
+        if not self.registry.db.writeable:
+            raise ReadOnlyRepositoryError(
+                f"{action} changes the repository, which was opened read-only (writeable=False); nothing was "
+                "changed. Open it with Butler(..., writeable=True)."
+            )
 
     def _require_run(self, run: str | None) -> str:
         run = run or self.run
@@ -630,11 +656,22 @@ class Butler:
         ------
         CollectionTypeError
             If a name is not a RUN collection (nothing is removed).
+        ReadOnlyRepositoryError
+            If the Butler was opened with ``writeable=False``.
+        RunLockedError
+            If another process is writing one of the runs (nothing is removed).
         """
+        self.require_writeable("remove_runs")
         names = list(names)
         for name in names:
             if self.registry.get_collection_type(name) is not CollectionType.RUN:
                 raise CollectionTypeError(f"{name!r} is a {self.registry.get_collection_type(name).name} collection, not a RUN; nothing was removed.")
+        with contextlib.ExitStack() as locks:
+            for name in names:  # a run being written is not removed under its writer
+                locks.enter_context(run_lock(self.datastore.root, name))
+            return self._remove_runs(names, unstore=unstore)
+
+    def _remove_runs(self, names: list[str], *, unstore: bool) -> int:
         refs = self.registry.refs_in_runs(names)
         infos = [StoredFileInfo(**r) for r in self.registry.get_datastore_records([r.id for r in refs]).values()]
         with self.registry.transaction():
@@ -792,7 +829,22 @@ class Butler:
         Returns
         -------
         report : `VerifyReport`
+
+        Raises
+        ------
+        ReadOnlyRepositoryError
+            With ``fix`` on a Butler opened with ``writeable=False`` (before anything is changed).
+        RunLockedError
+            With ``fix`` while a process writes a run (its files in progress would look like orphans).
         """
+        if fix:
+            self.require_writeable("verify(fix=True)")
+            busy = busy_runs(self.datastore.root)
+            if busy:
+                raise RunLockedError(
+                    f"cannot fix the repository while runs are being written ({'; '.join(busy)}): their files in "
+                    "progress would be taken for orphans. Run it again when they have finished; nothing was changed."
+                )
         report = VerifyReport()
         records = self.registry.all_datastore_records()
         known_paths = set()
@@ -818,9 +870,7 @@ class Butler:
                     self.datastore.check(info)
                 except CorruptDatasetError as err:
                     report.corrupt_files.append((str(info.dataset_id), info.path, str(err)))
-        report.orphan_files = sorted(
-            p for p in self.datastore.walk_files() if p not in known_paths and not p.startswith((".quarantine/", ".parsl/"))
-        )
+        report.orphan_files = sorted(p for p in self.datastore.walk_files() if p not in known_paths)
         report.temp_files = sorted(self.datastore.temp_files())
         report.datasets_without_records = [str(i) for i in self.registry.datasets_without_records()]
         if fix:

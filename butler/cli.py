@@ -7,6 +7,7 @@ Every command takes the repository root (``REPO``) as its first argument, as in 
     butler ingest-files repo raw u/me/raw files.ecsv --data-id instrument=SimCam
     butler query-datasets repo calexp -c u/me/run -d "visit IN (1..10) AND band = 'r'" --show-uri
     butler query-data-ids repo visit detector -d "band = 'r'" --format json
+    butler query-provenance repo 5c0f...e2 --format json        # how a dataset was made
     butler certify-calibrations repo u/me/skyFrames SimCam/calib skyFrame --begin-date 2024-01-01T00:00:00
 
 Query results are printed as astropy tables, or with ``--format json`` as one JSON list of row
@@ -376,6 +377,32 @@ def query_dimension_records(
     output(fmt, rows, empty="No results.")
 
 
+@cli.command("query-provenance")
+@_repo_argument
+@click.argument("dataset_id")
+@click.option("--depth", default=None, type=click.IntRange(min=0), help="Follow at most this many quanta back.")
+@_format_option
+def query_provenance(repo: str, dataset_id: str, depth: int | None, fmt: str) -> None:
+    """Print how the dataset DATASET_ID was made, back to the raws: per level, the dataset (type, data ID,
+    run, ID) and the quantum that wrote it (task label and class, config / code / package hashes, host,
+    start and end, status).  ``--format json`` prints the chain as one nested object."""
+    import json
+    import uuid
+
+    from .provenance import provenance_chain
+
+    try:
+        key = uuid.UUID(dataset_id)
+    except ValueError:
+        raise click.BadParameter(f"{dataset_id!r} is not a dataset ID (a UUID).", param_hint="DATASET_ID") from None
+    with _open(repo) as butler:
+        chain = provenance_chain(butler.registry, key, max_depth=depth)
+    if fmt == "json":
+        click.echo(json.dumps(chain.to_simple(), indent=2))
+    else:
+        click.echo("\n".join(chain.format()))
+
+
 # Writes -------------------------------------------------------------------------------------------------
 
 
@@ -459,6 +486,11 @@ def _data_id_value(universe: DimensionUniverse, key: str, value: Any) -> Any:
     default="UNIQUE",
     show_default=True,
 )
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Leave out files whose dataset type and data ID are already in RUN (to finish an interrupted ingest).",
+)
 def ingest_files(
     repo: str,
     dataset_type: str,
@@ -469,6 +501,7 @@ def ingest_files(
     transfer: str,
     formatter: str | None,
     id_generation_mode: str,
+    skip_existing: bool,
 ) -> None:
     """Ingest the files listed in TABLE_FILE as DATASET_TYPE datasets of RUN, in one transaction.
 
@@ -499,6 +532,7 @@ def ingest_files(
             transfer=transfer.lower(),
             run=run,
             id_generation_mode=DatasetIdGenEnum[id_generation_mode.upper()],
+            skip_existing=skip_existing,
         )
     click.echo(f"Ingested {len(refs)} {dataset_type!r} dataset(s) into run {run!r}.")
 

@@ -128,6 +128,8 @@ def plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
     if hasattr(value, "getBoundingCircle"):  # an lsst.sphgeom region
         return region_summary(value)
     return str(value)

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_MAX_NAME_LENGTH = 128  # the registry's dataset_type.name column
 # Namespace for deterministic (UUID5) dataset IDs; fixed forever so IDs are reproducible across repos.
 _DATASET_ID_NAMESPACE = uuid.UUID("840b31d9-05cd-5161-b2c8-00d32b280d0f")
 
@@ -177,10 +178,11 @@ class DatasetType:
         universe: DimensionUniverse | None = None,
         is_calibration: bool = False,
     ):
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > _MAX_NAME_LENGTH:
+            shown = name if not isinstance(name, str) or len(name) <= 80 else f"{name[:40]}... ({len(name)} characters)"
             raise DatasetTypeError(
-                f"dataset type name {name!r} is invalid: use letters, digits and underscores, starting with "
-                "a letter (a component is 'parent.component')."
+                f"dataset type name {shown!r} is invalid: use at most {_MAX_NAME_LENGTH} letters, digits and "
+                "underscores, starting with a letter (a component is 'parent.component')."
             )
         if not isinstance(dimensions, DimensionGroup):
             if universe is None:

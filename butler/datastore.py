@@ -31,6 +31,7 @@ from .errors import (
 )
 from .file_templates import FileTemplates
 from .formatters import BytesFormatter, Formatter, FormatterFactory
+from .locks import LOCK_DIRECTORY
 
 __all__ = [
     "INLINE_PATH","TRANSFER_MODES", "FileDatastore", "StoredFileInfo"]
@@ -40,12 +41,18 @@ TRANSFER_MODES = ("copy", "move", "hardlink", "symlink", "direct", "auto")
 REPOSITORY_FILES = frozenset(
     {"butler.yaml", "dimensions.yaml", "storage_classes.yaml", "formatters.yaml", "gen3.sqlite3"}
 )
+# Top-level directories of a repository that hold no datasets: `Butler.verify`'s quarantine, the Parsl
+# executor's run files and the run locks (`butler.locks`).
+SERVICE_DIRECTORIES = frozenset({".quarantine", ".parsl", LOCK_DIRECTORY})
 _DATABASE_FILE_RE = re.compile(r"\.(sqlite3?|db)(-wal|-shm|-journal)?$")
 _TEMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 _CONFIG_KEYS = ("checksum", "verify_on_get", "templates", "inline_storage_classes")
 #: The ``path`` of datasets whose bytes are kept in the registry instead of a file.
 INLINE_PATH = ":inline:"
 _COMPRESSION_SUFFIXES = frozenset({".gz", ".fz", ".bz2", ".xz", ".zst"})
+_NAME_MAX = 255  # bytes in one file or directory name (Linux, macOS)
+_PATH_MAX = 4096  # bytes in a whole path, with its terminating NUL (Linux)
+_TEMP_EXTRA = len("." + ".tmp-") + 32  # what a temporary name adds to the file name (`_TEMP_RE`)
 
 
 @dataclass(frozen=True)
@@ -399,6 +406,7 @@ class FileDatastore:
     def _new_target(self, relative: str, ref: DatasetRef, *, clobber: bool = False) -> Path:
         """Return the absolute destination of a new file, checking it stays inside the root and is free
         (unless ``clobber``)."""
+        self._check_length(relative, ref)
         target = self.root / relative
         parent = target.parent.resolve()
         if not parent.is_relative_to(self.root):
@@ -413,6 +421,27 @@ class FileDatastore:
                 "removes files that no dataset refers to."
             )
         return target
+
+    def _check_length(self, relative: str, ref: DatasetRef) -> None:
+        """Refuse a path the file system would refuse (a name over 255 bytes, a path over 4095)."""
+        parts = relative.split("/")
+        for i, part in enumerate(parts):
+            limit = _NAME_MAX - (_TEMP_EXTRA if i == len(parts) - 1 else 0)
+            size = len(part.encode("utf-8", "surrogateescape"))
+            if size > limit:
+                raise FileTemplateError(
+                    f"the file of dataset {ref.dataset_type.name} {ref.data_id} (run {ref.run!r}) would have the "
+                    f"{'file' if i == len(parts) - 1 else 'directory'} name {part[:60]!r}... of {size} bytes; file "
+                    f"systems allow {limit}. Use a shorter run or dataset type name, or leave long values out of "
+                    "the file name in datastore.templates (butler.yaml)."
+                )
+        size = len(str(self.root / relative).encode("utf-8", "surrogateescape")) + _TEMP_EXTRA
+        if size >= _PATH_MAX:
+            raise FileTemplateError(
+                f"the file of dataset {ref.dataset_type.name} {ref.data_id} (run {ref.run!r}) would need a path of "
+                f"{size} bytes (with its temporary name) under {self.root}; file systems allow {_PATH_MAX - 1}. "
+                "Use shorter names, or a repository root nearer /."
+            )
 
     def _makedirs(self, directory: Path) -> list[Path]:
         """Create a directory and its missing parents; return those created, deepest first."""
@@ -660,8 +689,9 @@ class FileDatastore:
         """Yield the relative POSIX path of every dataset-like file under the root, sorted per directory.
 
         Excludes the repository's own top-level files (``butler.yaml``, the other configuration files,
-        the SQLite database and its ``-wal``/``-shm``/``-journal`` files) and temporary files of
-        writes in progress or killed (see `temp_files`).  Symbolic links to files are included;
+        the SQLite database and its ``-wal``/``-shm``/``-journal`` files), its service directories
+        (``.quarantine/``, ``.parsl/``, ``.locks/``) and temporary files of writes in progress or
+        killed (see `temp_files`).  Symbolic links to files are included;
         symbolic links to directories are not followed.
         """
         for relative, name in self._walk():
@@ -682,11 +712,12 @@ class FileDatastore:
                 yield f"{relative}/{name}" if relative else name
 
     def _walk(self) -> Iterator[tuple[str, str]]:
-        """Yield (relative POSIX directory or "", file name) of every file under the root."""
+        """Yield (relative POSIX directory or "", file name) of every file under the root, outside the
+        service directories."""
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
             relative = Path(dirpath).relative_to(self.root).as_posix()
             relative = "" if relative == "." else relative
+            dirnames[:] = sorted(d for d in dirnames if relative or d not in SERVICE_DIRECTORIES)
             for name in sorted(filenames):
                 yield relative, name
 

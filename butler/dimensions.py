@@ -36,6 +36,7 @@ __all__ = [
     "FieldSpec",
     "nsec_to_time",
     "time_to_nsec",
+    "unstorable_text",
 ]
 
 DataIdValue = int | str
@@ -43,6 +44,31 @@ _FIELD_TYPES = {"int": int, "float": float, "string": str, "time": Time, "bool":
 _TAI_EPOCH = Time("1970-01-01T00:00:00", scale="tai", format="isot")
 _NSEC_PER_DAY = 86_400 * 10**9
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def unstorable_text(value: str) -> str | None:
+    """Say why a string cannot be stored in the registry (or used in a query), or return `None`.
+
+    NUL characters are refused by PostgreSQL and truncate C strings elsewhere; lone surrogates
+    (``"\\ud800"``, from a mis-decoded file name) have no UTF-8 encoding.
+
+    Parameters
+    ----------
+    value : `str`
+        The string.
+
+    Returns
+    -------
+    problem : `str` or `None`
+        ``"contains a NUL character"`` or ``"is not valid Unicode (...)"``; `None` when it is fine.
+    """
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"is not valid Unicode ({err.reason} at position {err.start})"
+    return None
 
 
 def time_to_nsec(t: Time | datetime.datetime | str) -> int:
@@ -112,7 +138,10 @@ class FieldSpec:
             if kind == "int":
                 if isinstance(value, bool):
                     raise TypeError
-                return operator.index(value)
+                value = operator.index(value)
+                if not _INT64_MIN <= value <= _INT64_MAX:
+                    raise DataIdError(f"{what} = {value} does not fit in 64 bits.")
+                return value
             if kind == "float":
                 if isinstance(value, bool | str):
                     raise TypeError
@@ -122,6 +151,9 @@ class FieldSpec:
                     raise TypeError
                 if len(value) > self.length:
                     raise DataIdError(f"{what} is {len(value)} characters long; at most {self.length} are allowed.")
+                problem = unstorable_text(value)
+                if problem:
+                    raise DataIdError(f"{what} = {value!r} {problem}; use another value.")
                 return value
             if kind == "bool":
                 if not isinstance(value, bool):

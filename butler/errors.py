@@ -34,7 +34,9 @@ __all__ = [
     "MissingCollectionError",
     "MissingDatasetTypeError",
     "QueryError",
+    "ReadOnlyRepositoryError",
     "RepositoryNotFoundError",
+    "RunLockedError",
     "StorageClassError",
     "TimespanError",
     "did_you_mean",
@@ -73,6 +75,14 @@ class ButlerError(Exception):
 
 class RepositoryNotFoundError(ButlerError):
     """A path or URL does not hold a butler repository (no ``butler.yaml``)."""
+
+
+class ReadOnlyRepositoryError(ButlerError):
+    """A write was attempted through a Butler opened with ``writeable=False``; nothing was written."""
+
+
+class RunLockedError(ButlerError):
+    """Another process is writing the RUN collection (see `butler.locks.run_lock`)."""
 
 
 class ConfigError(ButlerError):
@@ -169,7 +179,9 @@ class ExpressionSyntaxError(QueryError):
         self.expression = expression
         self.column = column
         pointer = " " * (column - 1) + "^"
-        super().__init__(f"{message} at column {column} of the where-expression:\n  {expression}\n  {pointer}")
+        # Characters without a UTF-8 encoding (lone surrogates) are escaped so the message can be printed.
+        shown = expression.encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(f"{message} at column {column} of the where-expression:\n  {shown}\n  {pointer}")
 
 
 class EmptyQueryResultError(QueryError):

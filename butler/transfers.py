@@ -23,6 +23,14 @@ Manifest layout (format version 1)::
       - {id: <uuid>, dataset_type: calexp, run: run1, data_id: {instrument: HSC, ...},
          path: run1/calexp/..., formatter: ..., storage_class: ..., checksum: "sha256:...",
          file_size: 1234}
+    quanta:                            # provenance of the exported runs (QuantumRecord.to_simple)
+      - {id: <uuid>, run: run1, task_label: calibrate, task_class: ..., data_id: {...}, status: succeeded,
+         config_hash: ..., code_hash: ..., packages_hash: ..., host: ..., start_time: ..., end_time: ...,
+         error: null, inputs: [[<dataset uuid>, <connection>], ...], outputs: [<exported dataset uuid>, ...]}
+    run_provenance: [{run: run1, content: {pipeline: ..., input_collections: [...], ...}}]
+
+The ``quanta`` and ``run_provenance`` sections are optional (manifests written before provenance was
+recorded have neither).  A quantum's ``outputs`` list only the datasets the export holds.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from .errors import (
     CorruptDatasetError,
     DatasetNotFoundError,
 )
-from .registry import CollectionType, Registry
+from .registry import CollectionType, QuantumRecord, Registry
 from .registry._collections import CollectionArg, CollectionRecord
 from .timespan import Timespan
 
@@ -81,6 +89,8 @@ class _ExportPlan:
     dataset_types: list[DatasetType]
     collections: list[dict[str, Any]]
     paths: dict[uuid.UUID, str] = field(default_factory=dict)
+    quanta: list[QuantumRecord] = field(default_factory=list)
+    run_provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def export_datasets(
@@ -223,6 +233,11 @@ def _plan_export(
         collections=collections,
     )
     plan.paths = {ref.id: _export_path(infos[ref.id]) for ref in refs}
+    exported_ids = {ref.id for ref in refs}
+    plan.quanta = [
+        replace(q, outputs=tuple(i for i in q.outputs if i in exported_ids)) for q in registry.query_quanta(runs)
+    ] if runs else []
+    plan.run_provenance = {run: doc for run in runs if (doc := registry.get_run_provenance(run)) is not None}
     return plan
 
 
@@ -447,6 +462,8 @@ def _manifest(universe: DimensionUniverse, plan: _ExportPlan) -> dict[str, Any]:
         "dataset_types": [dt.to_simple() for dt in plan.dataset_types],
         "collections": plan.collections,
         "datasets": datasets,
+        "quanta": [q.to_simple() for q in plan.quanta],
+        "run_provenance": [{"run": run, "content": doc} for run, doc in plan.run_provenance.items()],
     }
 
 
@@ -485,6 +502,8 @@ class _Manifest:
     calibrations: list[tuple[str, str | None, list[tuple[uuid.UUID, Timespan]]]]
     chains: list[tuple[str, str | None, list[str]]]
     datasets: list[_ImportedDataset]
+    quanta: list[QuantumRecord] = field(default_factory=list)
+    run_provenance: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def import_datasets(butler: Butler, directory: str | Path, *, transfer: str = "copy") -> int:
@@ -628,6 +647,8 @@ def _build_manifest(raw: Mapping[str, Any], root: Path, universe: DimensionUnive
             for c in collections if c["type"] == "CHAINED"
         ],
         datasets=datasets,
+        quanta=[QuantumRecord.from_simple(q) for q in raw.get("quanta") or []],
+        run_provenance=[(str(e["run"]), dict(e["content"])) for e in raw.get("run_provenance") or []],
     )
 
 
@@ -689,6 +710,22 @@ def _import_all(butler: Butler, manifest: _Manifest, transfer: str, written: lis
     _import_tagged(registry, manifest, by_id)
     _import_calibrations(registry, manifest, by_id)
     _import_chains(registry, manifest)
+    _import_provenance(registry, manifest, by_id)
+
+
+def _import_provenance(registry: Registry, manifest: _Manifest, refs: Mapping[uuid.UUID, DatasetRef]) -> None:
+    """Record the quanta and run-level provenance of the imported runs."""
+    runs = {name for name, _ in manifest.runs}
+    for quantum in manifest.quanta:
+        unknown = [i for i in quantum.outputs if i not in refs]
+        if quantum.run not in runs or unknown:
+            raise ConfigError(
+                f"the export manifest records quantum {quantum.id} of run {quantum.run!r} with outputs or a run it does "
+                "not export; the manifest is damaged."
+            )
+    registry.insert_quanta(manifest.quanta)
+    for run, content in manifest.run_provenance:
+        registry.set_run_provenance(run, content)
 
 
 def _expand_refs(registry: Registry, refs: Sequence[DatasetRef]) -> dict[uuid.UUID, DatasetRef]:

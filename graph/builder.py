@@ -57,6 +57,7 @@ from .errors import GraphBuildError, NothingToDoError, NoWorkFound
 from .pipeline_graph import DatasetTypeNode, PipelineGraph, TaskNode
 from .quantum import _QUANTUM_NAMESPACE, Quantum
 from .quantum_graph import QuantumGraph, paused_gc
+from .reuse import ReusePlanner, data_id_text, reused_collection
 
 if TYPE_CHECKING:
     from butler import Butler, Registry
@@ -86,6 +87,10 @@ class TaskBuildReport:
         Reason -> number of quanta left out for it (``"no 'raw' input"``: 12).
     examples : `dict` [`str`, `str`]
         Reason -> the full message of its first occurrence (with the data ID).
+    reused : `int`
+        Quanta left out because ``reuse_from`` holds them with the same code, config and inputs.
+    reruns : `list` [`str`]
+        With ``reuse_from``: ``"<data ID>: <reason>"`` for every quantum that runs again.
     """
 
     label: str
@@ -94,6 +99,8 @@ class TaskBuildReport:
     skipped: int = 0
     pruned: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    reused: int = 0
+    reruns: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def n_pruned(self) -> int:
@@ -115,6 +122,8 @@ class TaskBuildReport:
             "skipped": self.skipped,
             "pruned": dict(self.pruned),
             "examples": dict(self.examples),
+            "reused": self.reused,
+            "rerun": len(self.reruns),  # (the reasons, one per quantum, stay out of saved graphs)
         }
 
 
@@ -147,6 +156,19 @@ class BuildReport:
     def pruned(self) -> int:
         """Quanta pruned (missing inputs, missing prerequisites, `NoWorkFound`)."""
         return sum(t.n_pruned for t in self.tasks.values())
+
+    @property
+    def reused(self) -> int:
+        """Quanta reused from ``reuse_from``."""
+        return sum(t.reused for t in self.tasks.values())
+
+    def explain_reuse(self) -> str:
+        """Per task label, how many quanta were reused, and why each of the others runs again."""
+        lines = []
+        for t in self.tasks.values():
+            lines.append(f"{t.label}: {t.reused} reused, {len(t.reruns)} to run")
+            lines += [f"  {line}" for line in t.reruns]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -189,6 +211,7 @@ def build_quantum_graph(
     data_id: Mapping[str, Any] | None = None,
     skip_existing_in: Sequence[str] | None = None,
     clobber_outputs: bool = False,
+    reuse_from: Sequence[str] | None = None,
     progress: bool = False,
 ) -> tuple[QuantumGraph, BuildReport]:
     """Build the quantum graph of a pipeline over the data that matches a query.
@@ -214,6 +237,11 @@ def build_quantum_graph(
         out, and its outputs found there become ordinary inputs of downstream quanta.
     clobber_outputs : `bool`, optional
         Allow predicted outputs that already exist in ``output_run`` (the executor replaces them).
+    reuse_from : sequence of `str`, optional
+        Collections whose recorded quanta are reused when their task code, config and input checksums
+        are unchanged (`graph.reuse`): such quanta are left out and their outputs read downstream; the
+        graph's ``metadata["reuse"]`` lists the datasets to tag into ``{output_run}/reused``.  The graph
+        may then be empty (everything reused).
     progress : `bool`, optional
         Show progress bars (tqdm, on stderr).
 
@@ -247,6 +275,7 @@ def build_quantum_graph(
         data_id=dict(data_id or {}),
         skip_existing_in=list(skip_existing_in or []),
         clobber_outputs=clobber_outputs,
+        reuse_from=list(reuse_from or []),
         progress=progress,
     )
     with paused_gc():
@@ -294,6 +323,7 @@ class _Builder:
         data_id: dict[str, Any],
         skip_existing_in: list[str],
         clobber_outputs: bool,
+        reuse_from: list[str],
         progress: bool,
     ):
         self.pg = pipeline_graph
@@ -319,12 +349,18 @@ class _Builder:
         self._spatial_pairs: dict[tuple[DimensionGroup, DimensionGroup], dict[Key, list[Key]]] = {}
         self._registered: set[str] = set()
         self._search: list[Any] = []  # the input collections' search path (CollectionRecords)
+        self.reuse_from = reuse_from
+        self.reuse: ReusePlanner | None = None
+        self._produced_anew: dict[Any, str] = {}  # predicted output ID -> label, of quanta that run
+        self._reused_ids: list[Any] = []  # recorded outputs of reused quanta
 
     # Entry point --------------------------------------------------------------------------------------
 
     def build(self) -> tuple[QuantumGraph, BuildReport]:
         t_start = time.perf_counter()
         self._check()
+        if self.reuse_from:
+            self.reuse = ReusePlanner(self.butler, self.reuse_from)
         t0 = time.perf_counter()
         group_data_ids = self._query_quantum_data_ids()
         self.report.timings["queries"] = time.perf_counter() - t0
@@ -333,7 +369,7 @@ class _Builder:
         for task in self.pg.tasks.values():
             quanta += self._make_quanta(task, group_data_ids[task.dimensions])
         self.report.timings["quanta"] = time.perf_counter() - t0
-        if not quanta:
+        if not quanta and not self.report.reused:
             raise self._empty_error(group_data_ids)
         self._check_existing_outputs(quanta)
         t0 = time.perf_counter()
@@ -908,8 +944,37 @@ class _Builder:
                 self.available.setdefault(metadata_ref.dataset_type.name, {})[data_id.required_values] = metadata_ref
             if register_log and log_ref is not None:
                 self.available.setdefault(log_ref.dataset_type.name, {})[data_id.required_values] = log_ref
+        if self.reuse is not None:
+            quanta = self._apply_reuse(task, quanta)
         report.built = len(quanta)
         return quanta
+
+    def _apply_reuse(self, task: TaskNode, quanta: list[Quantum]) -> list[Quantum]:
+        """Leave out the quanta `ReusePlanner` reuses; their recorded outputs replace the predicted ones."""
+        assert self.reuse is not None
+        report = self.report.tasks[task.label]
+        kept = []
+        for decision in self.reuse.decide(task, quanta, self._produced_anew):
+            quantum = decision.quantum
+            if not decision.reused:
+                kept.append(quantum)
+                report.reruns.append(f"{data_id_text(quantum.data_id)}: {decision.reason}")
+                self._produced_anew.update((ref.id, task.label) for ref in quantum.output_refs())
+                continue
+            report.reused += 1
+            for predicted in quantum.output_refs():
+                index = self.available.get(predicted.dataset_type.name)
+                key = predicted.data_id.required_values
+                if index is None or index.get(key) is not predicted:
+                    continue
+                found = decision.outputs.get(predicted.id)
+                if found is None:
+                    del index[key]  # (a log that was not kept): nothing stands in for it
+                else:
+                    index[key] = found
+                    self.existing_ids.add(found.id)
+            self._reused_ids += [ref.id for ref in decision.outputs.values()]
+        return kept
 
     # After the quanta ---------------------------------------------------------------------------------------
 
@@ -999,6 +1064,11 @@ class _Builder:
             "skip_existing_in": list(self.skip_existing_in),
             "clobber_outputs": self.clobber_outputs,
             "report": self.report.to_dict()["tasks"],
+            **({"reuse": {
+                "from": list(self.reuse_from),
+                "collection": reused_collection(self.output_run),
+                "datasets": [str(i) for i in self._reused_ids],
+            }} if self.reuse is not None else {}),
         }
 
     def _empty_error(self, group_data_ids: Mapping[DimensionGroup, list[DataCoordinate]]) -> GraphBuildError:

@@ -9,6 +9,9 @@ Options are named as in the LSST stack::
     pipetask run -b repo -g ccd.qgraph --executor parsl --site slurm.yaml   # on a Slurm cluster
     pipetask run -b repo -o u/me/ccd -p ... --extend-run --skip-existing    # resume
     pipetask report -b repo --output-run u/me/ccd/20261120T010203Z
+    pipetask run -b repo -i raw -o u/me/ccd -p ProcessCcd.yaml --reuse-from u/me/ccd --explain   # redo what changed
+    pipetask rerun -b repo --from-run u/me/ccd/20261120T010203Z -o u/me/ccd-again            # re-create a run
+    pipetask diff-runs -b repo u/me/ccd/20261120T010203Z u/me/ccd-again/20261121T090000Z      # compare by checksum
 
 ``-o OUTPUT`` is a CHAINED collection: each run prepends a new timestamped RUN (``OUTPUT/<UTC time>``)
 to it, followed by the inputs; ``--output-run`` names the RUN explicitly; ``--extend-run`` writes
@@ -112,6 +115,15 @@ def _butler_options(f: Any) -> Any:
     return f
 
 
+def _reuse_options(f: Any) -> Any:
+    f = click.option("--explain", is_flag=True,
+                     help="With --reuse-from: print per task how many quanta are reused and why each other one runs.")(f)
+    f = click.option("--reuse-from", multiple=True, callback=split_commas, metavar="RUN",
+                     help="Reuse the quanta of this run (or chain) whose task code, config and input checksums are "
+                          "unchanged: their outputs are tagged into OUTPUT_RUN/reused, not recomputed.")(f)
+    return f
+
+
 def _resolve_collections(
     butler: Butler, inputs: Sequence[str], output: str | None, output_run: str | None, extend_run: bool
 ) -> tuple[list[str], str]:
@@ -131,6 +143,11 @@ def _resolve_collections(
             if not runs:
                 raise click.UsageError("--extend-run needs an existing --output chain with a RUN, or --output-run.")
             output_run = runs[0]
+        elif registry._collections.find(output_run) is None:  # resuming a run killed before it was registered
+            if not registry.db.writeable:
+                raise click.UsageError(f"--extend-run: output run {output_run!r} does not exist.")
+            click.echo(f"Output run {output_run!r} does not exist yet; starting it.", err=True)
+            registry.register_run(output_run)
     elif output_run is None:
         if output is None:
             raise click.UsageError("give --output (a chain) or --output-run.")
@@ -143,15 +160,21 @@ def _resolve_collections(
     return search, output_run
 
 
-def _update_chain(butler: Butler, output: str | None, output_run: str, inputs: Sequence[str]) -> None:
+def _update_chain(
+    butler: Butler, output: str | None, output_run: str, inputs: Sequence[str], tagged: Sequence[str] = ()
+) -> None:
+    """Put the output run (then the ``tagged`` collections: reused outputs) first in the ``-o`` chain."""
     if output is None:
         return
     registry = butler.registry
     registry.register_run(output_run)
+    for name in tagged:
+        registry.register_collection(name, CollectionType.TAGGED)
     previous: list[str] = []
     if registry._collections.find(output) is not None:
         previous = list(registry.get_collection_chain(output))
-    children = [output_run] + [c for c in previous if c != output_run]
+    first = [output_run, *tagged]
+    children = first + [c for c in previous if c not in first]
     children += [c for c in inputs if c not in children]
     butler.collection_chain(output, children)
 
@@ -159,6 +182,7 @@ def _update_chain(butler: Butler, output: str | None, output_run: str, inputs: S
 def _build(
     butler: Butler, pipeline_graph: PipelineGraph, *, inputs: Sequence[str], output_run: str, where: str,
     skip_existing: bool, skip_existing_in: Sequence[str], extend_run: bool, clobber: bool, progress: bool,
+    reuse_from: Sequence[str] = (), explain: bool = False,
 ) -> Any:
     from .builder import build_quantum_graph
 
@@ -167,13 +191,23 @@ def _build(
     try:
         qgraph, report = build_quantum_graph(
             pipeline_graph, butler, input_collections=search, output_run=output_run, where=where,
-            skip_existing_in=skip or None, clobber_outputs=clobber, progress=progress,
+            skip_existing_in=skip or None, clobber_outputs=clobber, reuse_from=reuse_from or None, progress=progress,
         )
     except NothingToDoError as err:  # a resumed run that already finished is a success
         click.echo(f"Nothing to do: {err}")
         sys.exit(0)
     click.echo(str(report), err=True)
+    if reuse_from:
+        click.echo(f"{report.reused} quanta reused from {', '.join(reuse_from)}; {len(qgraph)} to run.", err=True)
+    if explain:
+        click.echo(report.explain_reuse())
     return qgraph
+
+
+def _reused_tagged(graph: Any) -> list[str]:
+    """The TAGGED collection of a graph's reused outputs, if it reuses any."""
+    reuse = graph.metadata.get("reuse") or {}
+    return [reuse["collection"]] if reuse.get("datasets") else []
 
 
 @click.group(cls=_PipetaskGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,15 +253,19 @@ def build(pipeline_uri: str | None, overrides: Any, config_files: Any, show: Seq
 @_pipeline_options
 @_butler_options
 @click.option("--show", "show", multiple=True, type=click.Choice(["summary", "quanta"]), default=("summary",), help="What to print.")
+@_reuse_options
 def qgraph(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, inputs: Sequence[str], output: str | None,
            output_run: str | None, where: str, extend_run: bool, skip_existing: bool, skip_existing_in: Sequence[str],
-           clobber_outputs: bool, save_qgraph: str | None, show: Sequence[str]) -> None:
+           clobber_outputs: bool, save_qgraph: str | None, show: Sequence[str], reuse_from: Sequence[str], explain: bool) -> None:
     """Build the quantum graph of a pipeline over a repository (and save it with -q)."""
+    if explain and not reuse_from:
+        raise click.UsageError("--explain explains --reuse-from; give the run to reuse quanta from.")
     pipeline_graph = _load_pipeline(pipeline_uri, overrides, config_files).to_graph()
     with Butler(repo, writeable=False) as butler:
         search, run = _resolve_collections(butler, inputs, output, output_run, extend_run)
         graph = _build(butler, pipeline_graph, inputs=search, output_run=run, where=where, skip_existing=skip_existing,
-                       skip_existing_in=skip_existing_in, extend_run=extend_run, clobber=clobber_outputs, progress=sys.stderr.isatty())
+                       skip_existing_in=skip_existing_in, extend_run=extend_run, clobber=clobber_outputs, progress=sys.stderr.isatty(),
+                       reuse_from=reuse_from, explain=explain)
     if save_qgraph:
         graph.save(save_qgraph)
     _show_graph(graph, show)
@@ -254,22 +292,25 @@ def _show_graph(graph: Any, show: Sequence[str]) -> None:
               help="Parsl site file (workers, retries, Slurm jobs...), or a shipped one: local, slurm (default local).")
 @click.option("--register-dataset-types", is_flag=True, help="Register the pipeline's output dataset types if needed.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed quantum.")
+@_reuse_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Fail a quantum that runs longer (its descendants are blocked, the rest go on); with -j N a worker "
+                   "stuck in native code is killed and replaced.")
 def run(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, inputs: Sequence[str], output: str | None,
         output_run: str | None, where: str, extend_run: bool, skip_existing: bool, skip_existing_in: Sequence[str],
         clobber_outputs: bool, save_qgraph: str | None, load_qgraph: str | None, jobs: int | None, executor: str | None,
-        site: str | None, register_dataset_types: bool, fail_fast: bool) -> None:
+        site: str | None, register_dataset_types: bool, fail_fast: bool, reuse_from: Sequence[str], explain: bool,
+        timeout: float | None) -> None:
     """Build (or load) a quantum graph and execute it; exit code 1 if any quantum failed."""
-    from .execute import execute_graph, load_site, require_parsl
     from .quantum_graph import QuantumGraph
 
-    if executor == "serial" and jobs is not None and jobs > 1:
-        raise click.UsageError(f"--executor serial runs one quantum at a time; use --executor pool or parsl with -j {jobs}.")
-    if site is not None and executor in ("serial", "pool"):
-        raise click.UsageError(f"--site is for --executor parsl, not {executor}.")
-    site_config = None
-    if executor == "parsl" or site is not None:  # before the graph is built
-        require_parsl()
-        site_config = load_site(site or "local")
+    if explain and not reuse_from:
+        raise click.UsageError("--explain explains --reuse-from; give the run to reuse quanta from.")
+    if load_qgraph and reuse_from:
+        raise click.UsageError("--reuse-from applies when the graph is built: pass it to `pipetask qgraph` instead.")
+    site_config = _site_config(executor, jobs, site)
+    if timeout is not None and site_config is not None:
+        raise click.UsageError("--timeout is for the serial and pool executors; with parsl, set the walltime of the site's jobs.")
     with Butler(repo) as butler:
         if load_qgraph:
             graph = QuantumGraph.load(load_qgraph, universe=butler.dimensions)
@@ -280,15 +321,38 @@ def run(pipeline_uri: str | None, overrides: Any, config_files: Any, repo: str, 
             search, run_name = _resolve_collections(butler, inputs, output, output_run, extend_run)
             graph = _build(butler, pipeline_graph, inputs=search, output_run=run_name, where=where, skip_existing=skip_existing,
                            skip_existing_in=skip_existing_in, extend_run=extend_run, clobber=clobber_outputs,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), reuse_from=reuse_from, explain=explain)
             if save_qgraph:
                 graph.save(save_qgraph)
         _check_dataset_types(butler, graph.pipeline_graph, register_dataset_types)
-        _update_chain(butler, output, graph.output_run, search)
-        report = execute_graph(
-            graph, butler, executor=executor, jobs=jobs, site=site_config,
-            fail_fast=fail_fast, clobber=clobber_outputs, progress=sys.stderr.isatty(),
-        )
+        _update_chain(butler, output, graph.output_run, search, _reused_tagged(graph))
+        _execute(butler, graph, executor=executor, jobs=jobs, site=site_config, fail_fast=fail_fast, clobber=clobber_outputs,
+                 timeout=timeout)
+
+
+def _site_config(executor: str | None, jobs: int | None, site: str | None) -> Any:
+    """Check the executor options; load the Parsl site file (before any graph is built)."""
+    from .execute import load_site, require_parsl
+
+    if executor == "serial" and jobs is not None and jobs > 1:
+        raise click.UsageError(f"--executor serial runs one quantum at a time; use --executor pool or parsl with -j {jobs}.")
+    if site is not None and executor in ("serial", "pool"):
+        raise click.UsageError(f"--site is for --executor parsl, not {executor}.")
+    if executor == "parsl" or site is not None:
+        require_parsl()
+        return load_site(site or "local")
+    return None
+
+
+def _execute(butler: Butler, graph: Any, *, executor: str | None, jobs: int | None, site: Any, fail_fast: bool, clobber: bool,
+             timeout: float | None = None) -> None:
+    """Execute a graph, print the report, and exit with code 1 if any quantum failed."""
+    from .execute import execute_graph
+
+    report = execute_graph(
+        graph, butler, executor=executor, jobs=jobs, site=site, fail_fast=fail_fast, clobber=clobber, progress=sys.stderr.isatty(),
+        timeout=timeout,
+    )
     click.echo(str(report))
     if not report.ok:
         sys.exit(1)
@@ -313,7 +377,7 @@ def _check_dataset_types(butler: Butler, pipeline_graph: PipelineGraph, register
 @click.option("--output-run", default=None, help="The RUN collection the graph wrote (default: the graph's).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str) -> None:
-    """Report succeeded / failed / not-run quanta per task label of a run, from the repository."""
+    """Report succeeded / failed / not-run quanta per task label of a run, and why each failed quantum failed."""
     from .execute import report_from_registry
 
     with Butler(repo, writeable=False) as butler:
@@ -325,4 +389,73 @@ def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str)
         if graph is None and output_run is None:
             raise click.UsageError("give the run with --output-run, or the graph with -g.")
         rows = report_from_registry(butler, graph=graph, output_run=output_run)
+    if fmt == "json":
+        output(fmt, rows, empty="No quanta found in that run.")
+        return
+    failures = [{"task": row["task"], **failure} for row in rows for failure in row.pop("failures")]
     output(fmt, rows, empty="No quanta found in that run.")
+    if failures:
+        click.echo("\nFailed quanta:")
+        output(fmt, [
+            {"task": f["task"], "data ID": ", ".join(f"{k}={v}" for k, v in f["data_id"].items()), "reason": f["reason"]}
+            for f in failures
+        ])  # fmt: skip
+
+
+@cli.command()
+@click.option("--butler-config", "-b", "repo", required=True, help="Repository root (or its butler.yaml).")
+@click.option("--from-run", required=True, help="The RUN collection to re-create.")
+@click.option("--output", "-o", "output", default=None, help="Output CHAINED collection (new timestamped RUN + the exact inputs).")
+@click.option("--output-run", default=None, help="Output RUN collection (default: OUTPUT/<UTC time>).")
+@click.option("--jobs", "-j", default=None, type=click.IntRange(min=1), help="Number of worker processes (default 1).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None, help="How quanta run (as for run).")
+@click.option("--site", default=None, metavar="SITE.yaml", help="Parsl site file, or a shipped one: local, slurm.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed quantum.")
+def rerun(repo: str, from_run: str, output: str | None, output_run: str | None, jobs: int | None, executor: str | None,
+          site: str | None, fail_fast: bool) -> None:
+    """Re-create a run from its recorded provenance: the same pipeline and configs, run on exactly the datasets
+    its quanta read (tagged into OUTPUT_RUN/inputs), into a new run; compare with `pipetask diff-runs`."""
+    from .rerun import build_rerun_graph
+
+    site_config = _site_config(executor, jobs, site)
+    with Butler(repo) as butler:
+        _, run_name = _resolve_collections(butler, [from_run], output, output_run, False)
+        graph, report, inputs = build_rerun_graph(butler, from_run, run_name, progress=sys.stderr.isatty())
+        click.echo(str(report), err=True)
+        _check_dataset_types(butler, graph.pipeline_graph, True)
+        _update_chain(butler, output, graph.output_run, [inputs])
+        _execute(butler, graph, executor=executor, jobs=jobs, site=site_config, fail_fast=fail_fast, clobber=False)
+
+
+@cli.command("diff-runs")
+@click.option("--butler-config", "-b", "repo", required=True, help="Repository root.")
+@click.argument("run1")
+@click.argument("run2")
+@click.option("--ignore", multiple=True, callback=split_commas, metavar="GLOB",
+              help="Dataset types to leave out (repeatable, comma-separated globs); default '*_metadata,*_log': task "
+                   "metadata and logs hold timings and hosts, so they differ between any two runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def diff_runs(repo: str, run1: str, run2: str, ignore: Sequence[str], fmt: str) -> None:
+    """Compare the datasets of RUN1 and RUN2 by checksum, listing by dataset type and data ID those only in one
+    run or different in both; exit code 0 when they are identical, 1 when they differ (like diff).  A run's
+    datasets include the outputs it reused (its RUN/reused collection, see run --reuse-from)."""
+    from butler.run_diff import DEFAULT_IGNORE
+    from butler.run_diff import diff_runs as compare
+
+    from .reuse import reused_collection
+
+    with Butler(repo, writeable=False) as butler:
+        registry = butler.registry
+
+        def side(run: str) -> list[str]:
+            tagged = reused_collection(run)
+            return [run] + ([tagged] if registry._collections.find(tagged) is not None else [])
+
+        differences = compare(registry, side(run1), side(run2), ignore=list(ignore) or DEFAULT_IGNORE)
+    output(fmt, [d.to_dict() for d in differences])
+    if differences:
+        if fmt == "table":
+            click.echo(f"{len(differences)} dataset(s) differ between {run1!r} and {run2!r}.", err=True)
+        sys.exit(1)
+    if fmt == "table":
+        click.echo(f"{run1!r} and {run2!r} hold identical datasets.", err=True)

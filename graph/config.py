@@ -209,6 +209,20 @@ class Config(BaseModel):
 
         return walk(self.to_dict(), other.to_dict(), "")
 
+    def changes_from(self, old: Config) -> list[str]:
+        """The fields that differ from an older config, each as ``"dotted.name (old -> new)"``."""
+        new_values, old_values = self.to_dict(), old.to_dict()
+        return [
+            f"{name} ({_lookup(old_values, name)!r} -> {_lookup(new_values, name)!r})" for name in self.differences(old)
+        ]
+
+
+def _lookup(values: Any, dotted: str) -> Any:
+    """The value at a dotted name in a nested dict (`None` where a level is missing)."""
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

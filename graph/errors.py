@@ -19,6 +19,7 @@ __all__ = [
     "PipelineDefinitionError",
     "PipelineError",
     "QuantumExecutionError",
+    "QuantumTimeoutError",
 ]
 
 
@@ -56,6 +57,10 @@ class GraphFileError(PipelineError):
 
 class QuantumExecutionError(PipelineError):
     """Running a quantum failed; the message names the task label and data ID."""
+
+
+class QuantumTimeoutError(QuantumExecutionError):
+    """A quantum ran longer than the execution's per-quantum time limit (``pipetask run --timeout``)."""
 
 
 class ConfigMismatchError(QuantumExecutionError):

@@ -37,4 +37,6 @@ class ConfigFormatter(BytesFormatter):
             cls = import_dotted(content["class"])
         except ImportError as err:
             raise FormatterError(f"cannot read a config of class {content.get('class')!r}: {err}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Config)):
+            raise FormatterError(f"cannot read a config of class {content['class']!r}: it is not a Config subclass.")
         return cls.model_validate(content["values"])

@@ -277,6 +277,9 @@ def _require_number(value: Any, evaluator: _ContractEvaluator) -> None:
 
 # YAML reading --------------------------------------------------------------------------------------------
 
+# Values a pipeline or config YAML document may hold once its aliases are expanded (shipped ones: < 100).
+_MAX_YAML_VALUES = 100_000
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` (no arbitrary objects) that rejects duplicate mapping keys such as a label given twice."""
@@ -299,8 +302,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str, source: str) -> Any:
+    """Read a YAML document of a pipeline or config file, refusing documents too deep or too large
+    (YAML aliases can make a 1 kB file expand to billions of values: "billion laughs")."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        size = _expanded_size(document, {})
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -309,6 +315,31 @@ def _load_yaml(text: str, source: str) -> Any:
         ) from None
     except yaml.YAMLError as err:
         raise PipelineDefinitionError(f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise PipelineDefinitionError(f"{source}: its YAML is nested too deeply to be read.") from None
+    if size > _MAX_YAML_VALUES:
+        raise PipelineDefinitionError(
+            f"{source}: the YAML expands to more than {_MAX_YAML_VALUES} values (through aliases, *name); a "
+            "pipeline is far smaller. Write the values out instead of repeating aliases."
+        )
+    return document
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """Number of values in a loaded YAML document, counting every alias as a full copy.
+
+    ``sizes`` memoises containers by identity, so shared (aliased) ones are counted in linear time.
+    The recursion is as deep as the document (`RecursionError` beyond Python's limit).
+    """
+    if isinstance(value, dict):
+        children = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        children = value
+    else:
+        return 1
+    if id(value) not in sizes:
+        sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(value)]
 
 
 def _check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], what: str, source: str) -> None:

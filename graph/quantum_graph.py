@@ -395,14 +395,34 @@ def _assign(config: Config, values: Mapping[str, Any], current: Mapping[str, Any
             setattr(config, name, value)
 
 
+def _import_class(dotted: str, base: type) -> type:
+    """Import a class named in a graph file, checking its base before anything of it is called.
+
+    A file with a recomputed checksum could name any callable (``os.abort``); only subclasses of
+    ``base`` are accepted.
+
+    Raises
+    ------
+    ImportError
+        If it cannot be imported.
+    TypeError
+        If it is not a subclass of ``base``.
+    """
+    cls = import_dotted(dotted)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{dotted!r} is not a {base.__name__} subclass")
+    return cls
+
+
 def _rebuild_pipeline(simple: Mapping[str, Any], universe: DimensionUniverse, path: Path) -> PipelineGraph:
     from .pipeline_graph import PipelineGraph, TaskNode
+    from .task import PipelineTask, Task
 
     nodes = []
     for task in simple["tasks"]:
         label = task["label"]
         try:
-            task_class = import_dotted(task["class"])
+            task_class = _import_class(task["class"], PipelineTask)
             config = task_class.ConfigClass()
             for retarget in sorted(task.get("retargets", []), key=lambda r: r["field"].count(".")):
                 owner, _, name = retarget["field"].rpartition(".")
@@ -410,8 +430,8 @@ def _rebuild_pipeline(simple: Mapping[str, Any], universe: DimensionUniverse, pa
                 for part in filter(None, owner.split(".")):
                     parent = getattr(parent, part)
                 sub = getattr(parent, name)
-                target = import_dotted(retarget["target"]) if retarget.get("target") else None
-                config_class = import_dotted(retarget["config_class"])
+                target = _import_class(retarget["target"], Task) if retarget.get("target") else None
+                config_class = _import_class(retarget["config_class"], Config)
                 if target is not None:
                     sub.retarget(target, config_class)
                 else:

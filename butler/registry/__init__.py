@@ -2,7 +2,8 @@
 
 from ._calibrations import DatasetAssociation
 from ._collections import CollectionRecord
+from ._provenance import QUANTUM_STATUSES, QuantumRecord, canonical_data_id
 from ._registry import Registry
 from .schema import CollectionType
 
-__all__ = ["CollectionRecord", "CollectionType", "DatasetAssociation", "Registry"]
+__all__ = ["QUANTUM_STATUSES", "CollectionRecord", "CollectionType", "DatasetAssociation", "QuantumRecord", "Registry", "canonical_data_id"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ..dimensions import unstorable_text
 from ..errors import (
     CollectionCycleError,
     CollectionError,
@@ -125,9 +126,10 @@ class CollectionManager:
         ConflictingDefinitionError
             If a collection with this name exists with another type.
         """
-        if not isinstance(name, str) or not name or _is_pattern(name) or len(name) > 256:
+        if not isinstance(name, str) or not name or _is_pattern(name) or len(name) > 256 or unstorable_text(name):
             raise CollectionError(
-                f"invalid collection name {name!r}: use a non-empty string of at most 256 characters without *, ? or [."
+                f"invalid collection name {name!r}: use a non-empty string of at most 256 characters without *, ? "
+                "or [, NUL characters or invalid Unicode."
             )
         existing = self.find(name)
         if existing is not None:

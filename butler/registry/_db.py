@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import event
 
-from ..errors import ButlerError, ConfigError
+from ..errors import ConfigError, ReadOnlyRepositoryError
 
 __all__ = ["Database"]
 
@@ -80,7 +80,10 @@ class Database:
         """
         conn = self._conn
         if write and not self.writeable:
-            raise ButlerError("this repository was opened read-only (writeable=False); nothing was written.")
+            raise ReadOnlyRepositoryError(
+                "this repository was opened read-only (writeable=False); nothing was written. Open it with "
+                "Butler(..., writeable=True) to change it."
+            )
         if conn.in_transaction():
             # SQLite keeps a transaction usable after a failed statement; PostgreSQL needs a savepoint
             # to go on (e.g. to query what a duplicate insert collided with).

@@ -21,6 +21,7 @@ from ..dimensions import (
 from ..errors import (
     CalibrationLookupError,
     CollectionError,
+    CollectionTypeError,
     ConfigError,
     EmptyQueryResultError,
     InvalidQueryError,
@@ -31,6 +32,7 @@ from ._collections import CollectionArg, CollectionManager, CollectionRecord
 from ._datasets import DatasetManager, DatasetTypeRecord
 from ._db import Database
 from ._dimension_records import DimensionRecordStorage
+from ._provenance import ProvenanceManager, QuantumRecord
 from .expressions import parse_where
 from .queries import DatasetSearch, QueryRunner, QuerySpec, make_data_ids
 from .schema import SCHEMA_VERSION, CollectionType, RegistryTables
@@ -61,6 +63,7 @@ class Registry:
         self._datasets = DatasetManager(db, self.tables, universe, self._collections, self._records)
         self._calibrations = CalibrationManager(db, self.tables, self._collections, self._datasets)
         self._queries = QueryRunner(db, self.tables, lambda collection_id: self._collections.by_id(collection_id).name)
+        self._provenance = ProvenanceManager(db, self.tables, self._collections)
         record = self.tables.datastore_record
         self._record_by_id = sa.select(record).where(record.c.dataset_id == sa.bindparam("id"))
 
@@ -117,7 +120,26 @@ class Registry:
                 f"the registry was made with dimension universe {stored.get('namespace')} v{stored.get('version')}, "
                 f"but the configuration is {universe.namespace} v{universe.version}."
             )
+        registry._add_provenance_tables()
         return registry
+
+    def _add_provenance_tables(self) -> None:
+        """Create the provenance tables missing from a registry made before they existed (if writeable).
+
+        A read-only registry without them reads no provenance.
+        """
+        with self._db.transaction() as conn:
+            inspector = sa.inspect(conn)
+            missing = [t for t in self.tables.provenance_tables if not inspector.has_table(t.name)]
+        if not missing:
+            return
+        if not self._db.writeable:
+            _LOG.info("this registry has no provenance tables; open it writeable once to add them.")
+            self._provenance.enabled = False
+            return
+        with self._db.transaction(write=True) as conn:
+            self.tables.metadata.create_all(conn, tables=missing)
+        _LOG.info("added the provenance tables %s to the registry.", ", ".join(t.name for t in missing))
 
     def close(self) -> None:
         self._db.close()
@@ -566,6 +588,71 @@ class Registry:
     def remove_datasets(self, refs: Sequence[DatasetRef]) -> None:
         """Delete datasets with their tags and datastore records, in one transaction."""
         self._datasets.delete([r.id for r in refs])
+
+    # Provenance ------------------------------------------------------------------------------------------
+
+    def insert_quanta(self, records: Sequence[QuantumRecord]) -> None:
+        """Record executed quanta with their inputs and outputs (one transaction; batched inserts).
+
+        A record replaces an earlier one of the same quantum ID (a failed quantum executed again).
+
+        Raises
+        ------
+        MissingCollectionError
+            If a record's run does not exist.
+        ValueError
+            If a record's status is not ``succeeded``, ``no_work`` or ``failed``.
+        """
+        with self.transaction():
+            self._provenance.insert(records)
+
+    def query_quanta(self, run: str | Sequence[str] | None = None, *, task_label: str | None = None) -> list[QuantumRecord]:
+        """Recorded quanta of RUN collections (every run for `None`), optionally of one task label.
+
+        Parameters
+        ----------
+        run : `str` or sequence of `str`, optional
+            RUN collection names.
+        task_label : `str`, optional
+            Only the quanta of this task label.
+
+        Returns
+        -------
+        records : `list` [`QuantumRecord`]
+            With their inputs and outputs, sorted by run, task label and data ID.
+
+        Raises
+        ------
+        MissingCollectionError, CollectionTypeError
+            If a name is not an existing RUN collection.
+        """
+        runs = None
+        if run is not None:
+            runs = [self._collections.get(name) for name in ([run] if isinstance(run, str) else run)]
+            wrong = [r.name for r in runs if r.type is not CollectionType.RUN]
+            if wrong:
+                raise CollectionTypeError(f"{', '.join(map(repr, wrong))} are not RUN collections; quanta belong to runs.")
+        return self._provenance.query(runs, task_label)
+
+    def get_quantum_provenance(self, dataset_id: uuid.UUID) -> QuantumRecord | None:
+        """The quantum that wrote a dataset, or `None` (raws, ingested or put datasets; unknown IDs)."""
+        return self._provenance.producers([dataset_id]).get(dataset_id)
+
+    def get_quantum_provenances(self, dataset_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, QuantumRecord]:
+        """The quanta that wrote datasets, by dataset ID (batched; datasets no quantum wrote are left out)."""
+        return self._provenance.producers(dataset_ids)
+
+    def set_run_provenance(self, run: str, content: Mapping[str, Any]) -> None:
+        """Store (replace) the run-level provenance document of a RUN collection (JSON-safe mapping)."""
+        record = self._collections.get(run)
+        if record.type is not CollectionType.RUN:
+            raise CollectionTypeError(f"{run!r} is a {record.type.name} collection; run provenance belongs to RUN collections.")
+        with self.transaction():
+            self._provenance.set_run(record, content)
+
+    def get_run_provenance(self, run: str) -> dict[str, Any] | None:
+        """The run-level provenance document of a RUN collection, or `None` if it has none."""
+        return self._provenance.get_run(self._collections.get(run))
 
     # Datastore records -----------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import lark
 import sqlalchemy
 from astropy.time import Time
 
-from ..dimensions import time_to_nsec
+from ..dimensions import time_to_nsec, unstorable_text
 from ..errors import ExpressionSyntaxError, InvalidQueryError
 
 __all__ = [
@@ -221,10 +221,12 @@ class _Builder(lark.Transformer):
     """Build `Node` trees during the LALR parse (called bottom-up by lark, without recursion)."""
 
     def int_literal(self, children: list) -> Literal:
-        value = int(children[0])
-        if value > _INT64_MAX:
-            raise _BuildError(f"integer {value} does not fit in 64 bits", _column(children[0]))
-        return Literal(value, _column(children[0]))
+        token = children[0]
+        digits = token.lstrip("0") or "0"  # counted before int(), which refuses more than 4300 digits
+        if len(digits) > len(str(_INT64_MAX)) or int(digits) > _INT64_MAX:
+            shown = token if len(token) <= 40 else f"{token[:20]}... ({len(token)} digits)"
+            raise _BuildError(f"integer {shown} does not fit in 64 bits", _column(token))
+        return Literal(int(digits), _column(token))
 
     def float_literal(self, children: list) -> Literal:
         value = float(children[0])
@@ -234,7 +236,11 @@ class _Builder(lark.Transformer):
 
     def string_literal(self, children: list) -> Literal:
         text = str(children[0])
-        return Literal(text[1:-1].replace(text[0] * 2, text[0]), _column(children[0]))
+        value = text[1:-1].replace(text[0] * 2, text[0])
+        problem = unstorable_text(value)
+        if problem:
+            raise _BuildError(f"the string {value[:40]!r} {problem}", _column(children[0]))
+        return Literal(value, _column(children[0]))
 
     def time_literal(self, children: list) -> TimeLiteral:
         token = children[0]
@@ -430,6 +436,9 @@ class _Compiler:
         if isinstance(value, numbers.Real):
             return self.value(float(value), "float", what)
         if isinstance(value, str):
+            problem = unstorable_text(value)
+            if problem:
+                raise InvalidQueryError(f"bind value {name!r} {problem}{_where(column)}.")
             return self.value(value, "string", what)
         if isinstance(value, Time):
             try:

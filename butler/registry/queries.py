@@ -11,6 +11,7 @@ re-runs it with each constraint alone to say which one removed everything.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,12 @@ from .expressions import (
 from .schema import CollectionType, RegistryTables
 
 __all__ = ["QuerySpec", "QueryRunner"]
+
+# Messages of SQLite and PostgreSQL when a statement exceeds their limits (expression depth, number of
+# bound parameters or of compound terms, parser stack).
+_DATABASE_LIMIT_RE = re.compile(
+    r"too large|too many|too big|parser stack overflow|stack depth limit exceeded|number of parameters", re.I
+)
 
 
 @dataclasses.dataclass
@@ -289,6 +296,18 @@ class QueryRunner:
         self._tables = tables
         self._collection_name = collection_name  # collection ID -> name, for error messages
 
+    def _fetch(self, stmt: sa.Select) -> list[sa.Row]:
+        """Run a query; a statement beyond the database's limits is the user's `InvalidQueryError`."""
+        try:
+            return self._db.fetchall(stmt)
+        except sa.exc.DBAPIError as err:
+            if not _DATABASE_LIMIT_RE.search(str(err.orig)):
+                raise
+            raise InvalidQueryError(
+                f"the query is too large for the database ({str(err.orig).splitlines()[0]}). Write long OR "
+                "chains as IN (...) lists or ranges (visit IN (1..100)), or split the query."
+            ) from None
+
     def _build(
         self, spec: QuerySpec, *, use_where: bool = True, use_spatial: bool = True, use_data_id: bool = True,
         use_datasets: bool = True, where: Node | None = None,
@@ -335,7 +354,9 @@ class QueryRunner:
             columns += [qb.columns[x] for x in spec.dimensions.data_coordinate_keys]
         columns += qb.region_columns
         stmt = sa.select(*columns).select_from(qb.from_).where(*qb.conditions)
-        if refine or spec.result_dataset or spec.element is not None or len(group.names) > len(spec.dimensions.names):
+        # A dataset constraint over several collections (or validity ranges) matches a data ID once per dataset.
+        repeated = use_datasets and any(len(s.collections) > 1 or s.has_calibrations for s in spec.searches)
+        if refine or repeated or spec.result_dataset or spec.element is not None or len(group.names) > len(spec.dimensions.names):
             stmt = stmt.distinct()
         if order:
             stmt = stmt.order_by(*order)
@@ -367,7 +388,7 @@ class QueryRunner:
         )
         if spec.limit is not None and not python_limit:
             stmt = stmt.limit(spec.limit)
-        rows = [tuple(r) for r in self._db.fetchall(stmt)]
+        rows = [tuple(r) for r in self._fetch(stmt)]
         if refine:
             rows = [r[:-2] for r in rows if regions_overlap_or_missing(r[-2], r[-1])]
             rows = list(dict.fromkeys(rows))
@@ -413,8 +434,8 @@ class QueryRunner:
     def count(self, spec: QuerySpec, **kwargs: Any) -> int:
         stmt, refine, _ = self._build(spec, **kwargs)
         if refine:
-            return sum(1 for r in self._db.fetchall(stmt) if regions_overlap_or_missing(r[-2], r[-1]))
-        return self._db.fetchall(sa.select(sa.func.count()).select_from(stmt.subquery()))[0][0]
+            return sum(1 for r in self._fetch(stmt) if regions_overlap_or_missing(r[-2], r[-1]))
+        return self._fetch(sa.select(sa.func.count()).select_from(stmt.subquery()))[0][0]
 
     def explain_empty(self, spec: QuerySpec, records_count: Any) -> list[str]:
         """Say which constraints of an empty query removed everything (each checked alone)."""

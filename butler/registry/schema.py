@@ -2,7 +2,8 @@
 
 Static tables: ``butler_attributes``, one table per dimension element (plus a skypix-overlap index
 table per spatial element), ``collection``, ``run``, ``collection_chain``, ``dataset_type``,
-``dataset`` and ``datastore_record``.  Dynamic tables: ``dataset_tags_<dims>``, one per dimension
+``dataset``, ``datastore_record`` and the provenance tables ``quantum``, ``quantum_input``,
+``quantum_output`` and ``run_provenance`` (see `RegistryTables._define_provenance`).  Dynamic tables: ``dataset_tags_<dims>``, one per dimension
 group of registered dataset types, holding each dataset's membership of RUN and TAGGED collections
 with its data ID columns; its unique constraint enforces one dataset per (dataset type, data ID)
 per collection.  ``dataset_calibs_<dims>``, one per dimension group of registered *calibration*
@@ -150,6 +151,67 @@ class RegistryTables:
         )
         self.tags: dict[str, sa.Table] = {}
         self.calibs: dict[str, sa.Table] = {}
+        self._define_provenance(md)
+
+    def _define_provenance(self, md: sa.MetaData) -> None:
+        """Provenance tables: executed quanta, what they read and wrote, and run-level facts.
+
+        ``quantum``: one row per executed quantum (its RUN, task label and class, config / code / package
+        hashes, data ID as canonical JSON, host, ISO UTC start and end, status and error).
+        ``quantum_input``: the datasets a quantum read, with the connection name (no foreign key to
+        ``dataset``: provenance outlives a removed input).  ``quantum_output``: the datasets it wrote (rows
+        go with their dataset).  ``run_provenance``: one JSON document per RUN (the pipeline, input
+        collections and data query it was built from).  All go with their run (ON DELETE CASCADE).
+        """
+        def run_fk() -> sa.ForeignKey:
+            return sa.ForeignKey("collection.collection_id", ondelete="CASCADE")
+
+        def quantum_fk() -> sa.ForeignKey:
+            return sa.ForeignKey("quantum.quantum_id", ondelete="CASCADE")
+
+        self.quantum = sa.Table(
+            "quantum",
+            md,
+            sa.Column("quantum_id", sa.Uuid, primary_key=True),
+            sa.Column("run_id", sa.Integer, run_fk(), nullable=False),
+            sa.Column("task_label", sa.String(128), nullable=False),
+            sa.Column("task_class", sa.String(256), nullable=False),
+            sa.Column("config_hash", sa.String(64), nullable=True),
+            sa.Column("code_hash", sa.String(64), nullable=True),
+            sa.Column("packages_hash", sa.String(64), nullable=True),
+            sa.Column("data_id", sa.Text, nullable=False),
+            sa.Column("host", sa.String(256), nullable=True),
+            sa.Column("start_time", sa.String(40), nullable=True),
+            sa.Column("end_time", sa.String(40), nullable=True),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("error", sa.Text, nullable=True),
+            sa.Index("quantum_run_label", "run_id", "task_label"),
+        )
+        self.quantum_input = sa.Table(
+            "quantum_input",
+            md,
+            sa.Column("quantum_id", sa.Uuid, quantum_fk(), primary_key=True),
+            sa.Column("connection", sa.String(128), primary_key=True),
+            sa.Column("dataset_id", sa.Uuid, primary_key=True),
+        )
+        self.quantum_output = sa.Table(
+            "quantum_output",
+            md,
+            sa.Column("quantum_id", sa.Uuid, quantum_fk(), primary_key=True),
+            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True),
+            sa.Index("quantum_output_dataset", "dataset_id"),
+        )
+        self.run_provenance = sa.Table(
+            "run_provenance",
+            md,
+            sa.Column("run_id", sa.Integer, run_fk(), primary_key=True),
+            sa.Column("content", sa.Text, nullable=False),
+        )
+
+    @property
+    def provenance_tables(self) -> list[sa.Table]:
+        """The provenance tables, parents first (created on open in registries made before they existed)."""
+        return [self.quantum, self.quantum_input, self.quantum_output, self.run_provenance]
 
     def _dimension_table(self, element: DimensionElement) -> sa.Table:
         columns: list[sa.SchemaItem] = []

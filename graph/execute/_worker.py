@@ -31,17 +31,23 @@ class WorkerState:
     datastore : `FileDatastore`
     init_infos : `dict` [`str`, `dict` [`str`, `StoredFileInfo`]]
         Records of every task's init-inputs (`init_input_infos`).
+    timeout : `float`, optional
+        Seconds each quantum may run (see `SingleQuantumExecutor`).
     """
 
-    def __init__(self, qgraph: QuantumGraph, datastore: FileDatastore, init_infos: InitInfos):
+    def __init__(
+        self, qgraph: QuantumGraph, datastore: FileDatastore, init_infos: InitInfos, *, timeout: float | None = None
+    ):
         self.qgraph = qgraph
         self.datastore = datastore
-        self.executor = SingleQuantumExecutor(init_infos)
+        self.executor = SingleQuantumExecutor(init_infos, timeout=timeout)
         for node in qgraph.pipeline_graph.tasks.values():  # import every task class once
             node.task_class
 
     @classmethod
-    def from_files(cls, graph_path: str | Path, repo_root: str | Path, init_infos: InitInfos) -> WorkerState:
+    def from_files(
+        cls, graph_path: str | Path, repo_root: str | Path, init_infos: InitInfos, *, timeout: float | None = None
+    ) -> WorkerState:
         """Read a saved graph and open the datastore of a repository (without its registry).
 
         Parameters
@@ -52,12 +58,14 @@ class WorkerState:
             The repository's root directory.
         init_infos : `dict` [`str`, `dict` [`str`, `StoredFileInfo`]]
             Records of every task's init-inputs.
+        timeout : `float`, optional
+            Seconds each quantum may run.
         """
         from butler._config import ButlerConfig
 
         config = ButlerConfig(repo_root)
         datastore = FileDatastore(config.root, config.datastore, config.storage_classes, config.formatters)
-        return cls(QuantumGraph.load(graph_path, universe=config.universe), datastore, init_infos)
+        return cls(QuantumGraph.load(graph_path, universe=config.universe), datastore, init_infos, timeout=timeout)
 
     def execute(self, quantum_id: uuid.UUID, input_infos: Mapping[uuid.UUID, StoredFileInfo]) -> QuantumResult:
         """Run one quantum of the graph (its output files clobber orphans of killed attempts)."""

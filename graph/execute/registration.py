@@ -13,11 +13,13 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from butler import Butler, DatasetRef
+from butler import Butler, DatasetRef, QuantumRecord
 from butler.datastore import StoredFileInfo
 
 from ..errors import ConfigMismatchError, QuantumExecutionError
+from ..provenance import write_run_document
 from ..quantum import Quantum
+from ..reuse import associate_reused
 
 if TYPE_CHECKING:
     from ..quantum_graph import QuantumGraph
@@ -28,6 +30,7 @@ __all__ = [
     "init_input_infos",
     "init_input_refs",
     "package_versions",
+    "quantum_record",
     "register_datasets",
     "register_quantum_result",
     "write_run_provenance",
@@ -88,7 +91,11 @@ def register_datasets(butler: Butler, refs: Sequence[DatasetRef], infos: Sequenc
 
 
 def register_quantum_result(butler: Butler, quantum: Quantum, result: QuantumResult) -> list[DatasetRef]:
-    """Register every dataset a quantum wrote, in one registry transaction (main process only).
+    """Register every dataset a quantum wrote and its provenance, in one registry transaction (main process only).
+
+    The provenance (`butler.QuantumRecord`: task class, config / code / package hashes, data ID, host,
+    start and end time, status and error, the datasets it read and wrote) is written in the same
+    transaction as the outputs, so a registered output always has its producing quantum.
 
     Parameters
     ----------
@@ -111,8 +118,6 @@ def register_quantum_result(butler: Butler, quantum: Quantum, result: QuantumRes
     ButlerError
         If the registry refuses the datasets (nothing is registered; the written files are deleted).
     """
-    if not result.written:
-        return []
     by_id = {ref.id: ref for ref in quantum.output_refs()}
     refs = []
     for info in result.written:
@@ -123,19 +128,59 @@ def register_quantum_result(butler: Butler, quantum: Quantum, result: QuantumRes
                 "which is not one of its outputs; nothing was registered."
             )
         refs.append(ref)
+    record = quantum_record(quantum, result)
     try:
-        register_datasets(butler, refs, result.written)
+        with butler.registry.transaction():
+            if refs:
+                register_datasets(butler, refs, result.written)
+            if record is not None:
+                butler.registry.insert_quanta([record])
     except BaseException:
         butler.datastore.remove(result.written)
         raise
     return refs
 
 
+def quantum_record(quantum: Quantum, result: QuantumResult) -> QuantumRecord | None:
+    """The provenance record of an executed quantum (`None` for a quantum with no output refs, hence no run).
+
+    Parameters
+    ----------
+    quantum : `Quantum`
+        The quantum; every ref of its inputs is recorded as read (with its connection name).
+    result : `QuantumResult`
+        Its manifest: status, error, host, times, fingerprint and the datasets written.
+    """
+    run = next((ref.run for ref in quantum.output_refs()), None)
+    if run is None:
+        return None
+    fingerprint = result.fingerprint
+    return QuantumRecord(
+        id=quantum.id,
+        run=run,
+        task_label=quantum.task_label,
+        task_class=fingerprint.task_class if fingerprint is not None else "",
+        data_id=dict(quantum.data_id.required),
+        status=result.status,
+        config_hash=fingerprint.config_hash if fingerprint is not None else None,
+        code_hash=fingerprint.code_hash if fingerprint is not None else None,
+        packages_hash=fingerprint.packages_hash if fingerprint is not None else None,
+        host=result.host,
+        start_time=result.start_time,
+        end_time=result.end_time,
+        error=result.error,
+        inputs=tuple((ref.id, name) for name, refs in quantum.inputs.items() for ref in refs),
+        outputs=tuple(info.dataset_id for info in result.written),
+    )
+
+
 def write_run_provenance(butler: Butler, qgraph: QuantumGraph) -> list[DatasetRef]:
     """Prepare the output run of a graph: register it and the dataset types, write configs and packages.
 
     On a first run, puts each task's frozen config (``{label}_config``), the init-outputs of its
-    task, and the ``packages`` dataset.  Into an existing run (a resume, or ``--extend-run``), the
+    task, and the ``packages`` dataset, records the run-level provenance (`write_run_document`: the
+    pipeline, input collections and data query) and associates the outputs of reused quanta
+    (`associate_reused`).  Into an existing run (a resume, or ``--extend-run``), the
     stored configs and package versions are compared with the graph's instead, and nothing already
     there is written again.
 
@@ -203,6 +248,8 @@ def write_run_provenance(butler: Butler, qgraph: QuantumGraph) -> list[DatasetRe
             f"output run {run!r} was made with another configuration: {'; '.join(problems)}. Write to a new "
             "output run (without --extend-run), or revert the changes."
         )
+    write_run_document(butler, qgraph)
+    associate_reused(butler, qgraph)
     if not todo:
         return []
     infos = []
@@ -273,10 +320,9 @@ def _compare(butler: Butler, existing: DatasetRef, obj: Any) -> list[str]:
     if existing.dataset_type.storage_class == "Config":
         if type(stored) is not type(obj):
             return [f"{name!r} is a {type(stored).__name__}, the pipeline's is a {type(obj).__name__}"]
-        changed = obj.differences(stored)
+        changed = obj.changes_from(stored)
         if changed:
-            shown = ", ".join(f"{field} ({_value(stored, field)!r} -> {_value(obj, field)!r})" for field in changed)
-            return [f"{name!r} differs in field(s) {shown}"]
+            return [f"{name!r} differs in field(s) {', '.join(changed)}"]
         return []
     if existing.dataset_type.storage_class == "Packages":
         changed = sorted(k for k in set(stored) & set(obj) if stored[k] != obj[k])
@@ -284,13 +330,6 @@ def _compare(butler: Butler, existing: DatasetRef, obj: Any) -> list[str]:
             return [f"package versions differ: {', '.join(f'{k} {stored[k]} -> {obj[k]}' for k in changed)}"]
         return []
     return [] if _same(stored, obj) else [f"init-output {name!r} differs from the stored one"]
-
-
-def _value(config: Any, dotted: str) -> Any:
-    value: Any = config.to_dict()
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def _same(a: Any, b: Any) -> bool:

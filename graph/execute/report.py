@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from butler import Butler
 
+    from ..logs import ButlerLogRecords
     from ..quantum_graph import QuantumGraph
 
-__all__ = ["STATUSES", "ExecutionReport", "FailedQuantum", "report_from_registry"]
+__all__ = ["STATUSES", "ExecutionReport", "FailedQuantum", "failure_reason", "report_from_registry"]
 
 #: Every status a quantum can end an execution with, in report column order.
 STATUSES = ("succeeded", "no_work", "skipped", "failed", "blocked", "not_run")
@@ -142,7 +144,8 @@ def report_from_registry(
     -------
     rows : `list` [`dict`]
         One per task label: ``task``, ``succeeded``, ``failed`` and, with a graph, ``quanta`` and
-        ``not_run``.
+        ``not_run``; then ``failures``: a list of ``{"data_id": dict, "reason": str}``, the reason of
+        each failure read from the quantum's log (`failure_reason`).
     """
     run = output_run or (graph.output_run if graph is not None else None)
     if run is None:
@@ -155,22 +158,48 @@ def report_from_registry(
         labels = sorted(n[: -len("_metadata")] for n in registered if n.endswith("_metadata"))
     rows = []
     for label in labels:
-        done = _data_ids(registry, f"{label}_metadata", run, registered)
-        logged = _data_ids(registry, f"{label}_log", run, registered)
+        done = _refs(registry, f"{label}_metadata", run, registered)
+        logged = _refs(registry, f"{label}_log", run, registered)
         if graph is None and not done and not logged:
             continue
+        failed = [ref for data_id, ref in logged.items() if data_id not in done]
         row: dict[str, Any] = {"task": label}
         if graph is not None:
             row["quanta"] = len(graph.quanta_for(label))
         row["succeeded"] = len(done)
-        row["failed"] = len(logged - done)
+        row["failed"] = len(failed)
         if graph is not None:
             row["not_run"] = row["quanta"] - row["succeeded"] - row["failed"]
+        row["failures"] = [
+            {"data_id": dict(ref.data_id.required), "reason": failure_reason(butler.get(ref))}
+            for ref in sorted(failed, key=lambda r: tuple(r.data_id.required.values()))
+        ]
         rows.append(row)
     return rows
 
 
-def _data_ids(registry: Any, name: str, run: str, registered: set[str]) -> set[Any]:
+def failure_reason(log: ButlerLogRecords) -> str:
+    """Why a quantum failed, from its log: the error of its last ``Quantum ... failed: ...`` record.
+
+    Parameters
+    ----------
+    log : `ButlerLogRecords`
+        The quantum's ``{label}_log`` dataset.
+
+    Returns
+    -------
+    reason : `str`
+        ``"ErrorType: message"`` (first line), or a note that the log names no error.
+    """
+    for record in reversed(log.records):
+        head, found, reason = record.message.partition(" failed: ")
+        if found and record.levelno >= logging.ERROR and head.startswith("Quantum "):
+            return reason.strip().partition("\n")[0]
+    return "unknown: the quantum's log records no error"
+
+
+def _refs(registry: Any, name: str, run: str, registered: set[str]) -> dict[Any, Any]:
+    """The datasets of one type in a run, by data ID (none if the type is not registered)."""
     if name not in registered:
-        return set()
-    return {ref.data_id for ref in registry.query_datasets(name, [run], explain=False)}
+        return {}
+    return {ref.data_id: ref for ref in registry.query_datasets(name, [run], explain=False)}

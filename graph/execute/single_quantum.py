@@ -7,6 +7,7 @@ through the datastore only, and returns a `QuantumResult` (picklable, and JSON-a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -25,9 +26,11 @@ from butler.datastore import FileDatastore, StoredFileInfo
 
 from ..connections import InputQuantizedConnection, OutputQuantizedConnection, PipelineTaskConnections
 from ..errors import AlgorithmError, NoWorkFound, QuantumExecutionError
+from ..fingerprint import TaskFingerprint, task_fingerprint
 from ..logs import LogCapture
 from ..quantum import Quantum
 from ..task_metadata import TaskMetadata
+from ._timeout import time_limit
 from .quantum_context import QuantumContext
 
 if TYPE_CHECKING:
@@ -61,6 +64,12 @@ class QuantumResult:
         Records of every dataset written: outputs, then metadata and log (inline bytes included).
     timing : `float`
         Wall-clock seconds the quantum took.
+    host : `str` or `None`
+        Host name of the process that ran it.
+    start_time, end_time : `str` or `None`
+        ISO-8601 UTC times of its start and end.
+    fingerprint : `TaskFingerprint` or `None`
+        Task class, config, code and package hashes it ran with (for the provenance in the registry).
     """
 
     quantum_id: uuid.UUID
@@ -70,6 +79,10 @@ class QuantumResult:
     traceback: str | None = None
     written: list[StoredFileInfo] = field(default_factory=list)
     timing: float = 0.0
+    host: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    fingerprint: TaskFingerprint | None = None
 
     @property
     def error_line(self) -> str:
@@ -86,6 +99,10 @@ class QuantumResult:
             "traceback": self.traceback,
             "written": [info.to_simple() for info in self.written],
             "timing": self.timing,
+            "host": self.host,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "fingerprint": dataclasses.asdict(self.fingerprint) if self.fingerprint is not None else None,
         }
 
     @classmethod
@@ -99,6 +116,10 @@ class QuantumResult:
             traceback=simple.get("traceback"),
             written=[StoredFileInfo.from_simple(s) for s in simple.get("written", [])],
             timing=float(simple.get("timing", 0.0)),
+            host=simple.get("host"),
+            start_time=simple.get("start_time"),
+            end_time=simple.get("end_time"),
+            fingerprint=TaskFingerprint(**simple["fingerprint"]) if simple.get("fingerprint") else None,
         )
 
 
@@ -114,12 +135,35 @@ class SingleQuantumExecutor:
     init_input_infos : `dict` [`str`, `dict` [`str`, `StoredFileInfo`]], optional
         Task label -> init-input connection name -> datastore record (`init_input_infos`); each is
         read once, when the first quantum of its task runs.
+    timeout : `float`, optional
+        Seconds ``runQuantum`` may take; then it is interrupted (`time_limit`: main thread only) and
+        the quantum fails with `QuantumTimeoutError`.
     """
 
-    def __init__(self, init_input_infos: Mapping[str, Mapping[str, StoredFileInfo]] | None = None) -> None:
+    def __init__(
+        self, init_input_infos: Mapping[str, Mapping[str, StoredFileInfo]] | None = None, *, timeout: float | None = None
+    ) -> None:
+        self.timeout = timeout
         self._connections: dict[str, PipelineTaskConnections | None] = {}
         self._init_input_infos = init_input_infos or {}
         self._init_inputs: dict[str, dict[str, Any]] = {}
+        self._fingerprints: dict[str, TaskFingerprint | None] = {}
+        self._packages: dict[str, str] | None = None
+
+    def _fingerprint_of(self, task_node: TaskNode) -> TaskFingerprint | None:
+        """The task's class, config, code and package hashes (computed once per task label)."""
+        label = task_node.label
+        if label not in self._fingerprints:
+            if self._packages is None:
+                from .registration import package_versions
+
+                self._packages = package_versions()
+            try:
+                self._fingerprints[label] = task_fingerprint(task_node, packages=self._packages)
+            except Exception as err:  # noqa: BLE001 - e.g. a module without readable source: the quantum still runs
+                _LOG.warning("cannot fingerprint the code and config of task %r: %s", label, err)
+                self._fingerprints[label] = None
+        return self._fingerprints[label]
 
     def _init_inputs_of(self, label: str, datastore: FileDatastore) -> dict[str, Any]:
         if label not in self._init_inputs:
@@ -206,6 +250,10 @@ class SingleQuantumExecutor:
             traceback=tb,
             written=written,
             timing=time.perf_counter() - start_wall,
+            host=_HOST,
+            start_time=start_utc.isoformat(),
+            end_time=datetime.now(timezone.utc).isoformat(),
+            fingerprint=self._fingerprint_of(task_node),
         )
 
     def _run(
@@ -234,7 +282,8 @@ class SingleQuantumExecutor:
             input_refs = InputQuantizedConnection(quantized_refs(quantum.inputs, connections, quantum, "input"))
             output_refs = OutputQuantizedConnection(quantized_refs(quantum.outputs, connections, quantum, "output"))
             context = QuantumContext(datastore, quantum, input_infos, connections=connections, clobber=clobber)
-            task.runQuantum(context, input_refs, output_refs)
+            with time_limit(self.timeout, f"quantum {quantum.task_label} {quantum.data_id}"):
+                task.runQuantum(context, input_refs, output_refs)
         except NoWorkFound as err:
             _LOG.info("Quantum %s %s has no work to do: %s", quantum.task_label, quantum.data_id, err)
             return "no_work", f"NoWorkFound: {err}", None, task, list(context.written) if context else []

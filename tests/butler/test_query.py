@@ -133,3 +133,15 @@ def test_visit_definition_relates_exposures_to_their_visits(populated):
     assert pairs == {(100 + v, v) for v in range(4)}
     with_detectors = populated.query_data_ids(["exposure", "visit", "detector"], where="visit = 2")
     assert {(d["exposure"], d["detector"]) for d in with_detectors} == {(102, d) for d in range(4)}
+
+
+def test_a_dataset_constraint_over_two_collections_gives_each_data_id_once(populated):
+    """A data ID with a dataset in both collections of the search is one result, not one per dataset."""
+    import numpy as np
+
+    populated.register_dataset_type("img", ["instrument", "visit", "detector"], "NumpyArray")
+    for run in ("old", "new"):
+        populated.put(np.zeros(2), "img", instrument="Cam", visit=1, detector=2, run=run)
+    populated.collection_chain("both", ["new", "old"])
+    found = populated.query_data_ids(["visit", "detector"], datasets="img", collections="both")
+    assert [(d["visit"], d["detector"]) for d in found] == [(1, 2)]

@@ -7,43 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from butler import Butler
 from butler.cli import cli as butler_cli
-from conftest import populate
-from graph.cli import cli
-
-PIPELINE = """\
-description: toy 3-task pipeline
-tasks:
-  addOne:
-    class: toy_tasks.AddOneTask
-    config:
-      value: 2.0
-  stats: toy_tasks.StatsTask
-  sum: toy_tasks.SumDetectorsTask
-subsets:
-  perDetector: [addOne, stats]
-"""
-
-
-def run(*args: object, app=cli) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+from toy_repo import make_toy_repo
+from toy_repo import pipetask as run
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:
-    root = tmp_path / "repo"
-    with Butler.create(root) as butler:
-        populate(butler)
-        butler.register_dataset_type("toy_input", ["visit", "detector"], "NumpyArray")
-        for v in range(3):
-            for d in range(4):
-                butler.put(np.full(3, float(v)), "toy_input", instrument="Cam", visit=v, detector=d, run="raw")
-    pipeline = tmp_path / "pipe.yaml"
-    pipeline.write_text(PIPELINE)
-    return root, pipeline
+    return make_toy_repo(tmp_path, lambda v, d: np.full(3, float(v)))
 
 
 def _sums(root: Path, collection: str) -> dict[int, list[float]]:
