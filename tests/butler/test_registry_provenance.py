@@ -87,7 +87,7 @@ def test_removing_a_run_removes_its_quanta_and_run_provenance(repo):
     assert repo.registry.query_quanta() == []
     with repo.registry.db.transaction() as conn:
         for table in ("quantum", "quantum_input", "quantum_output", "run_provenance"):
-            assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one() == 0
+            assert conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one() == 0
     assert repo.registry.get_quantum_provenance(made["src"].id) is None
 
 
@@ -181,7 +181,7 @@ def test_a_registry_made_before_provenance_gets_its_tables_on_open(tmp_path):
     Butler.create(root).close()
     with Butler(root) as butler, butler.registry.db.transaction(write=True) as conn:
         for table in ("quantum_input", "quantum_output", "run_provenance", "quantum"):
-            conn.execute(sa.text(f"DROP TABLE {table}"))
+            conn.execute(sa.schema.DropTable(sa.Table(table, sa.MetaData())))
     with Butler(root, writeable=False) as butler:  # read-only: nothing to read, nothing created
         assert butler.registry.query_quanta() == []
         assert butler.registry.get_run_provenance is not None
