@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import GraphBuildError, PipelineError
-from .quantum_graph import _config_retargets, _rebuild_pipeline
+from .quantum_graph import encode_pipeline, rebuild_pipeline
 
 if TYPE_CHECKING:
     from butler import Butler
@@ -31,23 +31,6 @@ __all__ = ["RUN_DOCUMENT_VERSION", "RunDocument", "encode_pipeline", "read_run_d
 
 #: Version of the run-level provenance document.
 RUN_DOCUMENT_VERSION = 1
-
-
-def encode_pipeline(pipeline_graph: PipelineGraph) -> dict[str, Any]:
-    """The JSON-safe form of a configured pipeline (per task: label, class, full config, retargets)."""
-    return {
-        "description": pipeline_graph.description,
-        "instrument": pipeline_graph.instrument,
-        "tasks": [
-            {
-                "label": label,
-                "class": task.task_class_name,
-                "config": task.config.to_dict(),
-                "retargets": _config_retargets(task.config, type(task.config)()),
-            }
-            for label, task in pipeline_graph.tasks.items()
-        ],
-    }
 
 
 @dataclass
@@ -129,7 +112,7 @@ def read_run_document(butler: Butler, run: str) -> RunDocument:
             f"{RUN_DOCUMENT_VERSION}."
         )
     try:
-        pipeline = _rebuild_pipeline(document["pipeline"], butler.dimensions, f"the pipeline recorded for run {run!r}")  # type: ignore[arg-type]
+        pipeline = rebuild_pipeline(document["pipeline"], butler.dimensions, f"the pipeline recorded for run {run!r}")  # type: ignore[arg-type]
     except PipelineError as err:  # GraphFileError: a class cannot be imported or a config rebuilt
         raise GraphBuildError(str(err)) from None
     return RunDocument(

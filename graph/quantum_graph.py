@@ -32,7 +32,7 @@ from .quantum import Quantum
 if TYPE_CHECKING:
     from .pipeline_graph import PipelineGraph
 
-__all__ = ["QuantumGraph"]
+__all__ = ["QuantumGraph", "encode_pipeline", "rebuild_pipeline"]
 
 #: Name in the ``format`` field of a saved quantum graph.
 FILE_FORMAT = "butler-pipelines-qgraph"
@@ -318,20 +318,28 @@ def _data_id_values(data_id: DataCoordinate) -> list[Any]:
     return list(data_id.full.values()) if data_id.has_full() else list(data_id.required_values)
 
 
-def _encode(graph: QuantumGraph) -> dict[str, Any]:
-    """The JSON-safe payload of a graph (see `QuantumGraph.save`)."""
-    pg = graph.pipeline_graph
-    universe = pg.universe
-    tasks = []
-    for label, task in pg.tasks.items():
-        tasks.append(
+def encode_pipeline(pipeline_graph: PipelineGraph) -> dict[str, Any]:
+    """The JSON-safe form of a configured pipeline (per task: label, class, full config, retargets); the inverse
+    of `rebuild_pipeline`.  Saved in graph files and in the run provenance."""
+    return {
+        "description": pipeline_graph.description,
+        "instrument": pipeline_graph.instrument,
+        "tasks": [
             {
                 "label": label,
                 "class": task.task_class_name,
                 "config": task.config.to_dict(),
                 "retargets": _config_retargets(task.config, type(task.config)()),
             }
-        )
+            for label, task in pipeline_graph.tasks.items()
+        ],
+    }
+
+
+def _encode(graph: QuantumGraph) -> dict[str, Any]:
+    """The JSON-safe payload of a graph (see `QuantumGraph.save`)."""
+    pg = graph.pipeline_graph
+    universe = pg.universe
     dataset_types: dict[str, DatasetType] = {}
     runs: dict[str, int] = {}
     table: list[list[Any]] = []
@@ -368,7 +376,7 @@ def _encode(graph: QuantumGraph) -> dict[str, Any]:
     packages = ref_index(graph.packages_ref) if graph.packages_ref is not None else None
     return {
         "universe": {"namespace": universe.namespace, "version": universe.version},
-        "pipeline": {"description": pg.description, "instrument": pg.instrument, "tasks": tasks},
+        "pipeline": encode_pipeline(pg),
         "output_run": graph.output_run,
         "input_collections": list(graph.input_collections),
         "metadata": graph.metadata,
@@ -414,7 +422,22 @@ def _import_class(dotted: str, base: type) -> type:
     return cls
 
 
-def _rebuild_pipeline(simple: Mapping[str, Any], universe: DimensionUniverse, path: Path) -> PipelineGraph:
+def rebuild_pipeline(simple: Mapping[str, Any], universe: DimensionUniverse, path: Path | str) -> PipelineGraph:
+    """The configured pipeline that `encode_pipeline` wrote, with the same task classes and configs.
+
+    Parameters
+    ----------
+    simple : `dict`
+        The output of `encode_pipeline`.
+    universe : `DimensionUniverse`
+    path : `pathlib.Path` or `str`
+        Where ``simple`` came from, for the error messages.
+
+    Raises
+    ------
+    GraphFileError
+        If a task class cannot be imported, its config cannot be rebuilt exactly, or the pipeline is invalid.
+    """
     from .pipeline_graph import PipelineGraph, TaskNode
     from .task import PipelineTask, Task
 
@@ -464,7 +487,7 @@ def _decode(payload: Mapping[str, Any], universe: DimensionUniverse, path: Path)
             f"{path} was built with dimension universe {saved['namespace']} v{saved['version']}, but this repository "
             f"uses {universe.namespace} v{universe.version}; rebuild the graph against this repository."
         )
-    pipeline_graph = _rebuild_pipeline(payload["pipeline"], universe, path)
+    pipeline_graph = rebuild_pipeline(payload["pipeline"], universe, path)
     dataset_types = {s["name"]: DatasetType.from_simple(s, universe) for s in payload["dataset_types"]}
     groups = {
         name: (dt, dt.dimensions, (len(dt.dimensions.required), len(dt.dimensions.names)))
