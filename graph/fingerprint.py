@@ -46,10 +46,6 @@ class TaskFingerprint:
     packages_hash: str | None = None
 
 
-def _dotted(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _class_modules(cls: type) -> set[str]:
     """Modules of a task or config class and of its task or config bases, outside the framework packages."""
     return {
@@ -127,7 +123,7 @@ def task_fingerprint(task_node: TaskNode, *, packages: Mapping[str, str] | None 
     """
     config: Any = task_node.config
     return TaskFingerprint(
-        task_class=_dotted(task_node.task_class),
+        task_class=task_node.task_class_name,
         config_hash=config.digest(),
         code_hash=code_hash(task_node.task_class, config),
         packages_hash=packages_hash(packages) if packages is not None else None,
