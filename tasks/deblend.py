@@ -1,6 +1,8 @@
-"""Deblending of blended footprints: `SourceDeblendTask` (optional; off by default in the pipelines).
+"""Deblending of blended footprints: `SourceDeblendTask` (off by default in characterization and calibration, on in
+`tasks.detect_dia.DetectAndMeasureTask`).
 
-Each positive footprint is split at the significant peaks of the PSF-smoothed image: every pixel joins the
+Each positive footprint (and, with ``doNegative``, each negative footprint of a difference image, on the
+negated image) is split at the significant peaks of the PSF-smoothed image: every pixel joins the
 local maximum its steepest-ascent path ends at (a watershed, computed for all pixels at once by pointer
 jumping); a basin whose peak is below ``minPeakSignificance`` noise sigmas, rises less than ``minProminence``
 sigmas above its highest saddle with a neighbouring basin, or holds less than ``contrast`` of the footprint's
@@ -46,6 +48,11 @@ class SourceDeblendConfig(Config):
     maxNumberOfPeaks: int = Field(
         50, ge=0, description="Keep only the brightest this many children of a parent (0: no limit)."
     )
+    doNegative: bool = Field(
+        False,
+        description="Also deblend negative footprints (is_negative, e.g. of a difference image) at the peaks of "
+        "the negated image; their children are negative too.",
+    )
 
 
 class SourceDeblendTask(Task):
@@ -75,7 +82,8 @@ class SourceDeblendTask(Task):
         result : `Struct`
             ``sources``: the input rows (with ``deblend_nChild``) followed by the children (``parent`` = the
             parent's id, ``centroid_x``/``centroid_y`` = the child's peak pixel, ``footprint_npix`` = its
-            segment's pixel count, ``peak_value`` [counts, smoothed image], ``deblend_nChild`` = 0);
+            segment's pixel count, ``peak_value`` [counts, smoothed image, signed], ``is_negative`` =
+            the parent's, ``deblend_nChild`` = 0);
             ``footprints``: the same, updated `FootprintSet`.
         """
         config = self.config
@@ -90,7 +98,7 @@ class SourceDeblendTask(Task):
         labels = footprints.labels
         npix = footprints.npix
         candidates = footprints.ids[
-            ~footprints.is_negative
+            (~footprints.is_negative | config.doNegative)
             & (npix >= 2 * config.minPixels)
             & ((npix <= config.maxFootprintArea) | (config.maxFootprintArea == 0))
         ]
@@ -120,15 +128,18 @@ class SourceDeblendTask(Task):
         child_rows = []
         parents = []
         for parent in candidates:
-            fp_box = footprints.bboxes[footprints.index(int(parent))]
+            index = footprints.index(int(parent))
+            negative = bool(footprints.is_negative[index])
+            fp_box = footprints.bboxes[index]
             sl = fp_box.slices(footprints.bbox)
             inside = labels[sl] == parent
-            segments, peaks = _split(data[sl], inside, noise, config)
+            cutout = -data[sl] if negative else data[sl]
+            segments, peaks = _split(cutout, inside, noise, config)
             if len(peaks) < 2:
                 continue
             if config.maxNumberOfPeaks and len(peaks) > config.maxNumberOfPeaks:
                 keep = np.argsort([-v for _, _, v in peaks])[: config.maxNumberOfPeaks]
-                segments, peaks = _keep_peaks(data[sl], inside, segments, peaks, keep)
+                segments, peaks = _keep_peaks(cutout, inside, segments, peaks, keep)
             parents.append(int(parent))
             child_ids = np.arange(next_id, next_id + len(peaks), dtype=np.int64)
             next_id += len(peaks)
@@ -145,8 +156,8 @@ class SourceDeblendTask(Task):
                         "centroid_x": float(px + fp_box.x0),
                         "centroid_y": float(py + fp_box.y0),
                         "footprint_npix": int(sizes[k]),
-                        "peak_value": float(value),
-                        "is_negative": False,
+                        "peak_value": -float(value) if negative else float(value),
+                        "is_negative": negative,
                         "deblend_nChild": 0,
                     }
                 )

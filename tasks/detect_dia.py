@@ -9,20 +9,27 @@ misregistration or PSF mismatch.  This task, after ``lsst.ip.diffim.DetectAndMea
    (``detection``, `tasks.detection.SourceDetectionTask` with ``thresholdPolarity="both"``); the noise comes
    from the difference's variance plane, which is right after decorrelation, and ``DETECTED`` /
    ``DETECTED_NEGATIVE`` are set on the difference's mask;
-2. measures every detection ("lobe") on the difference (``measurement``,
+2. deblends (``doDeblend``, ``deblend``, `tasks.deblend.SourceDeblendTask` with ``doNegative``) every footprint
+   of either sign that holds several significant peaks of the same sign, e.g. a transient next to a variable
+   star, and keeps the children in place of their parent (as ``lsst.ip.diffim`` does);
+3. measures every detection ("lobe") on the difference (``measurement``,
    `tasks.measurement.SingleFrameMeasurementTask`) with the difference's PSF.  Every pixel of the two mask
    planes belongs to one lobe at most (pixels detected with both polarities go to the nearer peak), so the
    neighbour replacement of the measurement removes the opposite lobe of a dipole.  Fluxes are *signed*: a
-   negative source has a negative ``psfFlux`` (and aperture fluxes);
-3. merges (``doMerge``) a positive and a negative lobe into one dipole when their measured centroids are
+   negative source has a negative ``psfFlux`` (and aperture fluxes).  The children of one deblended footprint
+   are then fitted jointly (``isBlended``): the sum of one PSF per child, positions and amplitudes free, the
+   group PSF fitting of DAOPHOT (Stetson 1987, PASP 99, 191), so that a child's PSF flux and centroid do not
+   include the wings of its siblings (the segments split only the pixels, not the light); a child that
+   becomes a lobe of a dipole takes the dipole fit's values;
+4. merges (``doMerge``) a positive and a negative lobe into one dipole when their measured centroids are
    closer than ``dipoleMaxSeparation`` PSF FWHMs (the peaks of the PSF-smoothed image would be pushed apart by
    the overlap of the lobes) and their footprints touch after growing both by ``growFootprint`` pixels
    (closest pairs first, each lobe in one dipole at most), and fits the dipole: the sum of a positive
    and a negative PSF whose positions and amplitudes are fitted jointly (Levenberg-Marquardt, unweighted
    least squares as the PSF fluxes), which undoes the overlap of the two lobes;
-4. measures forced PSF fluxes at each source's position on the science image and the PSF-matched template
+5. measures forced PSF fluxes at each source's position on the science image and the PSF-matched template
    (``doForcedMeasurement``; ``scienceFlux``, ``templateFlux``), useful for vetting;
-5. drops the sources with any of ``badSourceFlags`` set, and records how many of the remaining sources lie
+6. drops the sources with any of ``badSourceFlags`` set, and records how many of the remaining sources lie
    within ``matchRadius`` of a science source (`tasks.psf_match.count_false_positives`).
 
 Output columns (``diaSources``; positions in parent pixels, fluxes in counts of the difference image):
@@ -32,18 +39,19 @@ Output columns (``diaSources``; positions in parent pixels, fluxes in counts of 
 ``psfFlux_flag``, ``snr`` (``psfFlux / psfFluxErr``, signed), ``apFlux_<r>`` and ``apFlux_<r>Err``, ``apFlux_flag``,
 ``shape_xx``, ``shape_yy``, ``shape_xy``, ``shape_flag``, ``footprint_npix``, ``peak_value``, ``is_negative``,
 ``isDipole``, ``dipolePosFlux``, ``dipolePosFluxErr``, ``dipoleNegFlux``, ``dipoleNegFluxErr``,
-``dipoleLength`` [pixels], ``dipoleAngle`` [deg], ``dipoleFit_flag``, ``flag_edge``, ``flag_saturated``,
-``flag_interpolated``, ``flag_cr``, ``flag_bad``, ``scienceFlux``, ``scienceFluxErr``, ``scienceFlux_flag``,
+``dipoleLength`` [pixels], ``dipoleAngle`` [deg], ``dipoleFit_flag``, ``isBlended``, ``blendFit_flag``,
+``flag_edge``, ``flag_saturated``, ``flag_interpolated``, ``flag_cr``, ``flag_bad``, ``scienceFlux``, ``scienceFluxErr``, ``scienceFlux_flag``,
 ``templateFlux``, ``templateFluxErr``, ``templateFlux_flag``.
 
 A dipole's row has its centroid at the midpoint of the fitted lobes, ``psfFlux`` = the net flux
 ``dipolePosFlux + dipoleNegFlux``, ``is_negative`` False, the lobes' pixel flags OR-ed, and no shape or
-aperture fluxes (NaN, ``shape_flag`` and ``apFlux_flag`` set).
+aperture fluxes (NaN, ``shape_flag`` and ``apFlux_flag`` set).  A blended source's ``psfFlux``, ``psfFluxErr``
+and centroid come from the joint fit of its blend (its own segment's measurement when ``blendFit_flag``); its
+shape and aperture fluxes are measured on its segment and include the light of its siblings' wings.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,6 +71,7 @@ from graph import (
     timeMethod,
 )
 
+from .deblend import SourceDeblendConfig, SourceDeblendTask
 from .detection import FootprintSet, SourceDetectionConfig, SourceDetectionTask
 from .errors import ImageError
 from .image import Box2I, Exposure
@@ -78,10 +87,10 @@ _DIMENSIONS = ("instrument", "visit", "detector")
 _EIGHT = np.ones((3, 3), dtype=bool)
 _PIXEL_FLAGS = ("flag_edge", "flag_saturated", "flag_interpolated", "flag_cr", "flag_bad")
 _FLAG_COLUMNS = (
-    *_PIXEL_FLAGS, "centroid_flag", "psfFlux_flag", "apFlux_flag", "shape_flag", "dipoleFit_flag",
+    *_PIXEL_FLAGS, "centroid_flag", "psfFlux_flag", "apFlux_flag", "shape_flag", "dipoleFit_flag", "blendFit_flag",
     "scienceFlux_flag", "templateFlux_flag",
 )
-_FD_STEP = 0.05  # [pixels] step of the central differences of the PSF in the dipole fit
+_FD_STEP = 0.05  # [pixels] step of the central differences of the PSF in the joint fits
 
 
 class DetectAndMeasureConnections(PipelineTaskConnections, dimensions=_DIMENSIONS):
@@ -131,6 +140,13 @@ class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMe
         doc="Detect positive and negative sources on the difference (thresholdPolarity 'both', 5 sigma, no "
         "background re-estimation).",
     )
+    doDeblend: bool = Field(  # noqa: N815
+        True, description="Deblend footprints with several peaks of one sign and fit their children jointly."
+    )
+    deblend: SourceDeblendConfig = ConfigurableField(
+        target=SourceDeblendTask,
+        doc="Split blended footprints of both signs (doDeblend; doNegative is set).",
+    )
     measurement: SingleFrameMeasurementConfig = ConfigurableField(
         target=SingleFrameMeasurementTask,
         doc="Measure every detection on the difference; its psfFluxBadMaskPlanes and psfFluxMaxMaskedFraction "
@@ -173,6 +189,7 @@ class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMe
         self.detection.thresholdPolarity = "both"
         self.detection.thresholdValue = 5.0
         self.detection.reEstimateBackground = False
+        self.deblend.doNegative = True
 
     def validate(self) -> None:
         super().validate()
@@ -186,11 +203,12 @@ class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMe
 class DetectAndMeasureTask(PipelineTask):
     """Detect and measure positive, negative and dipole sources on a difference image (see the module docstring).
 
-    Subtasks: ``detection``, ``measurement``.
+    Subtasks: ``detection``, ``deblend``, ``measurement``.
 
     Metadata: ``numPositive``, ``numNegative``, ``numDipoles`` (rows of the output of each kind),
     ``numDiaSources`` (their sum), ``numBadDiaSources`` (dropped by ``badSourceFlags``),
-    ``numDipoleFitFailed`` (dipoles whose fit failed, ``dipoleFit_flag``), and the counts of
+    ``numDipoleFitFailed`` (dipoles whose fit failed, ``dipoleFit_flag``), ``numBlended`` (rows of deblended
+    sources, ``isBlended``), ``numBlendFitFailed`` (of them, ``blendFit_flag``), and the counts of
     `tasks.psf_match.count_false_positives` over the output rows: ``NFalsePositivesTotal``,
     ``NFalsePositivesRefAssociated`` (0: no reference catalogue is used), ``NFalsePositivesSrcAssociated``,
     ``NFalsePositivesUnassociated``.
@@ -202,6 +220,7 @@ class DetectAndMeasureTask(PipelineTask):
     def __init__(self, *, config: Any = None, **kwargs: Any):
         super().__init__(config=config, **kwargs)
         self.makeSubtask("detection")
+        self.makeSubtask("deblend")
         self.makeSubtask("measurement")
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:  # noqa: N802,N803
@@ -259,18 +278,27 @@ class DetectAndMeasureTask(PipelineTask):
             )
         detections = self.detection.run(difference)
         lobes, footprints, regions = _lobe_footprints(difference, detections.sources)
+        blend = np.zeros(len(lobes), dtype=np.int64)
+        if config.doDeblend and len(lobes):
+            lobes, footprints, blend = self._deblend(difference, lobes, footprints)
+            regions["region"] = _peak_components(lobes, regions, difference.xy0)
         measured = self.measurement.run(difference, lobes, footprints)
 
         fwhm = difference.psf.fwhm(*difference.bbox.center)
+        bad_planes = self.measurement.config.psfFluxBadMaskPlanes
+        bad_bits = difference.mask.get_plane_bitmask(bad_planes, missing_ok=True)
+        max_shift = max(config.dipoleMaxSeparation * fwhm, 2.0)
+        _fit_blends(difference, measured, _blend_groups(blend), bad_bits=bad_bits, max_iter=config.dipoleFitMaxIter,
+                    max_shift=max_shift)
+        measured["isBlended"] = blend > 0
         pos_rows = neg_rows = np.zeros(0, dtype=np.int64)
         if config.doMerge and len(lobes):
             pos_rows, neg_rows = _pair_dipoles(
                 measured, regions, max_separation=config.dipoleMaxSeparation * fwhm, grow=config.growFootprint
             )
-        bad_planes = self.measurement.config.psfFluxBadMaskPlanes
         fits = _fit_dipoles(
-            difference, measured, pos_rows, neg_rows, bad_planes=bad_planes, max_iter=config.dipoleFitMaxIter,
-            max_shift=max(config.dipoleMaxSeparation * fwhm, 2.0),
+            difference, measured, pos_rows, neg_rows, bad_bits=bad_bits, max_iter=config.dipoleFitMaxIter,
+            max_shift=max_shift,
         )
         catalog = _merge_dipoles(measured, pos_rows, neg_rows, fits, difference)
 
@@ -312,6 +340,8 @@ class DetectAndMeasureTask(PipelineTask):
         self.metadata["numDiaSources"] = len(catalog)
         self.metadata["numBadDiaSources"] = int(bad.sum())
         self.metadata["numDipoleFitFailed"] = int(np.asarray(catalog["dipoleFit_flag"])[is_dipole].sum())
+        self.metadata["numBlended"] = int(np.asarray(catalog["isBlended"]).sum())
+        self.metadata["numBlendFitFailed"] = int(np.asarray(catalog["blendFit_flag"]).sum())
         sources_xy = None
         if sources is not None:
             sources_xy = (np.asarray(sources["centroid_x"], float), np.asarray(sources["centroid_y"], float))
@@ -326,6 +356,23 @@ class DetectAndMeasureTask(PipelineTask):
             len(catalog), num["numPositive"], num["numNegative"], num["numDipoles"], int(bad.sum()),
         )
         return Struct(diaSources=catalog, subtractedMeasuredExposure=difference)
+
+    def _deblend(
+        self, difference: Exposure, lobes: Table, footprints: FootprintSet
+    ) -> tuple[Table, FootprintSet, np.ndarray]:
+        """Split blended lobes into children, which replace their parent (with ``parent`` = 0).
+
+        Returns the new lobes (unsplit lobes, then children), their footprints, and for each row the id of the
+        footprint it was deblended from (0 for an unsplit lobe).
+        """
+        deblended = self.deblend.run(difference, lobes, footprints)
+        rows = deblended.sources
+        keep = np.asarray(rows["deblend_nChild"]) == 0
+        blend = np.asarray(rows["parent"], dtype=np.int64)[keep]
+        rows = rows[keep]
+        rows["parent"] = 0
+        rows.remove_column("deblend_nChild")
+        return rows, deblended.footprints, blend
 
 
 def forced_psf_flux(
@@ -408,12 +455,8 @@ def _lobe_footprints(difference: Exposure, detected: Table) -> tuple[Table, Foot
     negative = np.asarray(detected["is_negative"], dtype=bool)
     pos_lab, n_pos = ndimage.label(mask.get_plane("DETECTED"), structure=_EIGHT)
     neg_lab, n_neg = ndimage.label(mask.get_plane("DETECTED_NEGATIVE"), structure=_EIGHT)
-    region = np.where(negative, neg_lab[py, px], pos_lab[py, px]).astype(np.int64)
-    if n and (region == 0).any():
-        raise ImageError(
-            "a detection peak lies outside the DETECTED/DETECTED_NEGATIVE mask planes; was the mask changed after "
-            "detection?"
-        )
+    regions = {"pos": pos_lab, "neg": neg_lab}
+    region = _peak_components(detected, regions, difference.xy0)
     # Source number (1..n) of each component of each polarity (0: a component without a peak).
     pos_src = np.zeros(n_pos + 1, dtype=np.int64)
     neg_src = np.zeros(n_neg + 1, dtype=np.int64)
@@ -436,11 +479,31 @@ def _lobe_footprints(difference: Exposure, detected: Table) -> tuple[Table, Foot
     lobes["footprint_npix"] = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     peaks = Table({"x": px + x0, "y": py + y0, "value": np.abs(np.asarray(detected["peak_value"], float))})
     footprints = FootprintSet.from_labels(labels, difference.bbox, peaks, negative)
-    regions = {
-        "pos": pos_lab, "neg": neg_lab, "region": region,
-        "slices": {"pos": ndimage.find_objects(pos_lab), "neg": ndimage.find_objects(neg_lab)},
-    }
+    regions["region"] = region
+    regions["slices"] = {"pos": ndimage.find_objects(pos_lab), "neg": ndimage.find_objects(neg_lab)}
     return lobes, footprints, regions
+
+
+def _peak_components(rows: Table, regions: dict[str, Any], xy0: tuple[int, int]) -> np.ndarray:
+    """Label of the component of each row's detection plane (``regions["pos"]`` or ``["neg"]``) holding its peak.
+
+    ``rows`` have ``centroid_x``, ``centroid_y`` (the peak pixel, before measurement) and ``is_negative``.
+
+    Raises
+    ------
+    ImageError
+        If a peak lies outside its plane (the mask was changed after detection).
+    """
+    px = np.asarray(rows["centroid_x"], dtype=np.int64) - xy0[0]
+    py = np.asarray(rows["centroid_y"], dtype=np.int64) - xy0[1]
+    negative = np.asarray(rows["is_negative"], dtype=bool)
+    region = np.where(negative, regions["neg"][py, px], regions["pos"][py, px]).astype(np.int64)
+    if (region == 0).any():
+        raise ImageError(
+            "a detection peak lies outside the DETECTED/DETECTED_NEGATIVE mask planes; was the mask changed after "
+            "detection?"
+        )
+    return region
 
 
 def _pair_dipoles(
@@ -489,7 +552,46 @@ def _pair_dipoles(
     return np.array(out_pos, dtype=np.int64), np.array(out_neg, dtype=np.int64)
 
 
-# Dipole fit -------------------------------------------------------------------------------------------------------
+# Joint PSF fits: dipoles and blends ---------------------------------------------------------------------------------
+
+
+def _blend_groups(blend: np.ndarray) -> list[np.ndarray]:
+    """Rows of the children of each deblended footprint (``blend``: the footprint's id per row, 0 for unsplit
+    rows)."""
+    return [np.flatnonzero(blend == parent) for parent in np.unique(blend[blend > 0])]
+
+
+def _fit_blends(
+    difference: Exposure,
+    measured: Table,
+    groups: list[np.ndarray],
+    *,
+    bad_bits: int,
+    max_iter: int,
+    max_shift: float,
+) -> None:
+    """Fit every blend's children jointly (one PSF each) and write their ``psfFlux``, ``psfFluxErr``, centroids,
+    their errors and sky coordinates into ``measured``; set ``blendFit_flag`` where the fit failed (see
+    `_fit_psf_group`), which keeps the children's own measurements."""
+    measured["blendFit_flag"] = np.zeros(len(measured), dtype=bool)
+    cx = np.asarray(measured["centroid_x"], dtype=np.float64)
+    cy = np.asarray(measured["centroid_y"], dtype=np.float64)
+    for rows in groups:  # loop over blends (few), each fit vectorised over its stamp
+        signs = np.where(np.asarray(measured["is_negative"], dtype=bool)[rows], -1.0, 1.0)
+        start = np.column_stack([cx[rows], cy[rows]])
+        result = _fit_psf_group(difference, start, signs, bad_bits, max_iter=max_iter, max_shift=max_shift)
+        if result is None:
+            measured["blendFit_flag"][rows] = True
+            continue
+        p, c = result
+        k = len(rows)
+        var = c.diagonal()
+        measured["centroid_x"][rows], measured["centroid_y"][rows] = p[0 : 2 * k : 2], p[1 : 2 * k : 2]
+        measured["centroid_xErr"][rows] = np.sqrt(var[0 : 2 * k : 2])
+        measured["centroid_yErr"][rows] = np.sqrt(var[1 : 2 * k : 2])
+        measured["psfFlux"][rows], measured["psfFluxErr"][rows] = p[2 * k :], np.sqrt(var[2 * k :])
+        ra, dec = _sky_coords(difference, p[0 : 2 * k : 2], p[1 : 2 * k : 2])
+        measured["coord_ra"][rows], measured["coord_dec"][rows] = ra, dec
 
 
 def _fit_dipoles(
@@ -498,7 +600,7 @@ def _fit_dipoles(
     pos_rows: np.ndarray,
     neg_rows: np.ndarray,
     *,
-    bad_planes: list[str],
+    bad_bits: int,
     max_iter: int,
     max_shift: float,
 ) -> dict[str, np.ndarray]:
@@ -508,45 +610,61 @@ def _fit_dipoles(
     -------
     fits : `dict` [`str`, `numpy.ndarray`]
         Per dipole: ``params`` (m, 6) = (x+, y+, x-, y-, A+, A-) [parent pixels, counts; A- < 0], ``cov``
-        (m, 6, 6) their covariance, ``flag`` (fit failed: no convergence, a lobe moved more than
-        ``max_shift`` pixels, wrong-signed amplitudes or a singular fit; NaN ``params`` then).
+        (m, 6, 6) their covariance, ``flag`` (the fit failed, see `_fit_psf_group`; NaN ``params`` then).
     """
     m = len(pos_rows)
     params = np.full((m, 6), np.nan)
     cov = np.full((m, 6, 6), np.nan)
     flag = np.ones(m, dtype=bool)
-    bad_bits = difference.mask.get_plane_bitmask(bad_planes, missing_ok=True)
     cx = np.asarray(measured["centroid_x"], dtype=np.float64)
     cy = np.asarray(measured["centroid_y"], dtype=np.float64)
+    signs = np.array([1.0, -1.0])
     for k in range(m):  # loop over dipoles, each fit vectorised over its stamp
-        start = np.array([cx[pos_rows[k]], cy[pos_rows[k]], cx[neg_rows[k]], cy[neg_rows[k]]])
-        result = _fit_one_dipole(difference, start, bad_bits, max_iter=max_iter)
-        if result is None:
-            continue
-        p, c = result
-        moved = max(math.hypot(*(p[:2] - start[:2])), math.hypot(*(p[2:4] - start[2:4])))
-        if moved <= max_shift and p[4] > 0 and p[5] < 0 and np.all(np.isfinite(c.diagonal())):
-            params[k], cov[k], flag[k] = p, c, False
+        start = np.array([[cx[pos_rows[k]], cy[pos_rows[k]]], [cx[neg_rows[k]], cy[neg_rows[k]]]])
+        result = _fit_psf_group(difference, start, signs, bad_bits, max_iter=max_iter, max_shift=max_shift)
+        if result is not None:
+            params[k], cov[k], flag[k] = result[0], result[1], False
     return {"params": params, "cov": cov, "flag": flag}
 
 
-def _fit_one_dipole(
-    difference: Exposure, start: np.ndarray, bad_bits: int, *, max_iter: int
+def _fit_psf_group(
+    difference: Exposure, start: np.ndarray, signs: np.ndarray, bad_bits: int, *, max_iter: int, max_shift: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Levenberg-Marquardt fit of ``A+ P(x+, y+) + A- P(x-, y-)`` to the difference around a dipole.
+    """Levenberg-Marquardt fit of ``sum_i A_i P(x_i, y_i)`` to the difference around a group of k sources.
 
-    Unweighted least squares over the stamp (the PSF size plus the lobe separation); the covariance is
-    propagated from the variance plane, ``(J^T J)^-1 J^T V J (J^T J)^-1``.  Returns None when the fit does
-    not converge or is singular.
+    Unweighted least squares over the stamp (the group's extent padded by the PSF's half size), as the PSF
+    fluxes; the covariance is propagated from the variance plane, ``(J^T J)^-1 J^T V J (J^T J)^-1``.
+
+    Parameters
+    ----------
+    start : `numpy.ndarray`, shape (k, 2)
+        Starting positions (x, y) [parent pixels].
+    signs : `numpy.ndarray`, shape (k,)
+        Required sign of each amplitude (+1 or -1).
+
+    Returns
+    -------
+    params : `numpy.ndarray`, shape (3k,)
+        ``(x_1, y_1, ..., x_k, y_k, A_1, ..., A_k)`` [parent pixels, counts].
+    cov : `numpy.ndarray`, shape (3k, 3k)
+        Their covariance.
+
+    None when a start is not finite, or the fit does not converge, is singular, moves a source more than
+    ``max_shift`` pixels or gives an amplitude of the wrong sign.
     """
+    if not np.all(np.isfinite(start)):
+        return None
     psf = difference.psf
-    xc, yc = 0.5 * (start[0] + start[2]), 0.5 * (start[1] + start[3])
+    k = len(start)
+    xc, yc = start.mean(axis=0)
     kernel_shape = psf.compute_image(xc, yc)[0].shape
-    half = max(kernel_shape) // 2 + int(math.ceil(0.5 * math.hypot(start[0] - start[2], start[1] - start[3]))) + 2
-    box = Box2I(int(math.floor(xc + 0.5)) - half, int(math.floor(yc + 0.5)) - half, 2 * half + 1, 2 * half + 1)
+    pad = max(kernel_shape) // 2 + 2
+    lo = np.floor(start.min(axis=0) + 0.5).astype(int) - pad
+    hi = np.floor(start.max(axis=0) + 0.5).astype(int) + pad
+    box = Box2I(int(lo[0]), int(lo[1]), int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
     data, var, use = _cut(difference, np.array([box.x0]), np.array([box.y0]), box.shape, bad_bits)
     data, var, use = data[0][use[0]], var[0][use[0]], use[0]
-    if data.size < 8:
+    if data.size < 4 * k:
         return None
 
     def lobe(x: float, y: float) -> np.ndarray:
@@ -558,18 +676,20 @@ def _fit_one_dipole(
         return out[use]
 
     def basis(p: np.ndarray) -> np.ndarray:
-        return np.column_stack([lobe(p[0], p[1]), lobe(p[2], p[3])])
+        return np.column_stack([lobe(p[2 * i], p[2 * i + 1]) for i in range(k)])
 
     def jacobian(p: np.ndarray, b: np.ndarray) -> np.ndarray:
         cols = []
-        for i, amp in ((0, p[4]), (1, p[4]), (2, p[5]), (3, p[5])):
-            up, down = p[:4].copy(), p[:4].copy()
+        for i in range(2 * k):
+            up, down = p[: 2 * k].copy(), p[: 2 * k].copy()
             up[i] += _FD_STEP
             down[i] -= _FD_STEP
-            j = 0 if i < 2 else 2
+            j = i - i % 2
+            amp = p[2 * k + i // 2]
             cols.append(amp * (lobe(up[j], up[j + 1]) - lobe(down[j], down[j + 1])) / (2 * _FD_STEP))
         return np.column_stack([*cols, b])
 
+    start = np.asarray(start, dtype=np.float64).ravel()
     b = basis(start)
     amps, *_ = np.linalg.lstsq(b, data, rcond=None)
     p = np.concatenate([start, amps])
@@ -587,10 +707,10 @@ def _fit_one_dipole(
                 step = np.linalg.solve(a + lam * np.diag(np.diag(a)), g)
             except np.linalg.LinAlgError:
                 return None
-            step[:4] = np.clip(step[:4], -1.0, 1.0)  # at most a pixel per iteration
+            step[: 2 * k] = np.clip(step[: 2 * k], -1.0, 1.0)  # at most a pixel per iteration
             trial = p + step
             b_trial = basis(trial)
-            resid_trial = data - b_trial @ trial[4:]
+            resid_trial = data - b_trial @ trial[2 * k :]
             rss_trial = float(resid_trial @ resid_trial)
             if rss_trial <= rss:
                 p, b, resid, rss = trial, b_trial, resid_trial, rss_trial
@@ -598,7 +718,7 @@ def _fit_one_dipole(
                 improved = True
                 break
             lam *= 10.0
-        if not improved or np.max(np.abs(step[:4])) < 1e-4:
+        if not improved or np.max(np.abs(step[: 2 * k])) < 1e-4:
             converged = True  # no step lowers the residuals any more, or the positions are stable
             break
     if not converged:
@@ -610,6 +730,9 @@ def _fit_one_dipole(
     except np.linalg.LinAlgError:
         return None
     cov = a_inv @ (jac.T * var) @ jac @ a_inv
+    moved = np.hypot(*(p[: 2 * k] - start).reshape(k, 2).T)
+    if moved.max() > max_shift or np.any(signs * p[2 * k :] <= 0) or not np.all(np.isfinite(cov.diagonal())):
+        return None
     return p, cov
 
 

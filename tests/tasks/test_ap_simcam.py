@@ -94,12 +94,6 @@ def _dia_sources(butler: Butler, visit: int, det: int):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 7): 29/29 detected but 27/29 within 3 sigma (needs 28); the PSF fluxes of the bright "
-    "transients (S/N 50-290) scatter by ~1% beyond their errors (pull RMS 1.6; -1.8% and +1.9% misses at 3.0-3.1 "
-    "sigma), from the PSF model and galaxy residuals, not from the variance plane (sky noise ratio 1.000-1.010)",
-)
 def test_transients_are_detected_with_their_true_fluxes(ap_run):
     """Acceptance: >= 95% of the transients with S/N >= 10 are detected (a positive DIA source within 2 px) with
     a PSF flux within 3 sigma of the truth [e-]."""

@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 from tasks.characterize import ExposureIdInfo
 from tasks.detect_dia import DetectAndMeasureConfig, DetectAndMeasureTask
 from tasks.errors import ImageError
-from tasks.image import Box2I, Exposure, GaussianPsf, MaskedImage
+from tasks.image import Box2I, Exposure, GaussianPsf, MaskedImage, PcaPsf
 
 SIGMA = 2.0  # PSF sigma [pixels]
 FWHM = 2.3548 * SIGMA
@@ -222,6 +222,76 @@ def test_lobes_merge_only_when_their_grown_footprints_touch():
     difference, _ = _dipole_field(np.random.default_rng(9), separations, pos_snr=12.0, neg_snr=-12.0)
     far, catalog = _run(difference, _task(growFootprint=3, **{**overrides, "dipoleMaxSeparation": 1.5}))
     assert far.metadata["numDipoles"] == 0 and len(catalog) == 12
+
+
+# Blends -----------------------------------------------------------------------------------------------------------
+
+# (separation [FWHM], flux ratio of the brighter to the fainter source) of the blended pairs; closer pairs of unequal
+# sources are not resolved (the fainter one is a shoulder of the brighter's smoothed profile, not a peak).
+_BLENDS = [(2.0, 1.0), (2.5, 1.0), (2.5, 3.0), (3.0, 1.0), (3.0, 3.0)]
+
+
+def _moffat_psf(shape: tuple[int, int], beta: float = 2.5, size: int = 41) -> PcaPsf:
+    """A constant Moffat PSF of FWHM ``FWHM``: its wings reach far beyond a Gaussian's."""
+    alpha = FWHM / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    yy, xx = np.mgrid[-(size // 2) : size // 2 + 1, -(size // 2) : size // 2 + 1]
+    image = (1 + (xx**2 + yy**2) / alpha**2) ** -beta
+    return PcaPsf(image[None] / image.sum(), np.ones((1, 1)), 0, Box2I(0, 0, shape[1], shape[0]))
+
+
+def _blend_field(seed: int = 11):
+    """Pairs of same-sign point sources (S/N about 200 and 200 / ratio) with a Moffat PSF, in one footprint each,
+    positive and negative; returns the difference and the truth rows (x, y, flux, pair)."""
+    rng = np.random.default_rng(seed)
+    difference = _noise_exposure(rng, (400, 1024))
+    difference.psf = _moffat_psf(difference.shape)
+    truth = []
+    for k, ((sep, ratio), sign) in enumerate((blend, sign) for blend in _BLENDS for sign in (1, -1)):
+        xc, yc = 100.0 + 160.0 * (k % 6) + rng.uniform(-0.5, 0.5), 120.0 + 160.0 * (k // 6) + rng.uniform(-0.5, 0.5)
+        angle = rng.uniform(0.0, 2 * math.pi)
+        dx, dy = 0.5 * sep * FWHM * math.cos(angle), 0.5 * sep * FWHM * math.sin(angle)
+        bright = sign * 200 * PSF_FLUX_ERR
+        for x, y, flux in ((xc + dx, yc + dy, bright), (xc - dx, yc - dy, bright / ratio)):
+            _add_point_source(difference, x, y, flux)
+            truth.append((x, y, flux, k))
+    return difference, np.array(truth)
+
+
+def test_blended_sources_are_deblended_and_fitted_jointly():
+    difference, truth = _blend_field()
+    task, catalog = _run(difference)
+    distance, index = _nearest(catalog, truth[:, 0], truth[:, 1])
+    rows = catalog[index]
+    assert len(catalog) == len(truth) and distance.max() < 0.5 and len(set(index)) == len(truth)
+    assert np.all(rows["isBlended"]) and not np.any(rows["blendFit_flag"]) and not np.any(rows["isDipole"])
+    assert np.array_equal(np.asarray(rows["is_negative"]), truth[:, 2] < 0)
+    pull = (np.asarray(rows["psfFlux"]) - truth[:, 2]) / np.asarray(rows["psfFluxErr"])
+    assert np.all(np.abs(pull) < 3.5), pull
+    # Unbiased: each child measured on its own segment keeps its siblings' wings (mean signed pull +1.5 then).
+    assert abs(np.mean(pull * np.sign(truth[:, 2]))) < 0.75, pull
+    # The errors of the joint fit: at least an isolated source's (up to the PSF's sub-pixel interpolation), larger
+    # for the closest pairs, whose amplitudes are correlated.
+    psf_image = difference.psf.compute_image(500.0, 200.0)[0]
+    ratio = np.asarray(rows["psfFluxErr"]) / (NOISE / math.sqrt(np.sum(psf_image**2)))
+    assert np.all((ratio > 0.99) & (ratio < 1.5)) and ratio[:4].min() > 1.002, ratio
+    assert task.metadata["numBlended"] == len(truth) and task.metadata["numBlendFitFailed"] == 0
+    assert task.deblend.metadata["numParents"] == len(_BLENDS) * 2
+
+
+def test_without_deblending_each_blend_is_one_source_and_the_fainter_is_lost():
+    difference, truth = _blend_field()
+    task, catalog = _run(difference, _task(doDeblend=False))
+    assert len(catalog) == len(_BLENDS) * 2 and not np.any(catalog["isBlended"])
+    distance, _ = _nearest(catalog, truth[:, 0], truth[:, 1])
+    assert (distance > 2.0).sum() == len(_BLENDS) * 2  # one source of every pair has no row of its own
+
+
+def test_negative_footprints_are_deblended_only_with_do_negative():
+    difference, truth = _blend_field()
+    task, catalog = _run(difference, _task(**{"deblend.doNegative": False}))
+    negative = np.asarray(catalog["is_negative"], dtype=bool)
+    assert (~negative).sum() == (truth[:, 2] > 0).sum() and np.all(catalog["isBlended"][~negative])
+    assert negative.sum() == len(_BLENDS) and not np.any(catalog["isBlended"][negative])
 
 
 # Science and template fluxes, false positives, bad sources ---------------------------------------------------------
