@@ -587,6 +587,37 @@ class Butler:
     def _read(self, ref: DatasetRef, *, component: str | None, parameters: Mapping[str, Any] | None) -> Any:
         return self.datastore.get(self._stored_info(ref), component=component, parameters=parameters)
 
+    def get_uri(
+        self,
+        dataset_ref_or_type: DatasetTypeArg,
+        data_id: Mapping[str, Any] | DataCoordinate | None = None,
+        *,
+        collections: CollectionArg = None,
+        timespan: Timespan | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """The absolute path of a dataset's file (the LSST Butler's ``getURI``), e.g. to open it with astropy.
+
+        Arguments as in `get`; the file is not read.
+
+        Raises
+        ------
+        DatasetNotFoundError
+            If no collection has the dataset, or it has no file: metadata, logs and configs are stored in the
+            registry (read them with `get`).
+        """
+        ref = self.find_dataset(dataset_ref_or_type, data_id, collections=collections, timespan=timespan, **kwargs)
+        if ref is None:
+            name = dataset_ref_or_type if isinstance(dataset_ref_or_type, str) else dataset_ref_or_type.name
+            raise self._not_found(name.partition(".")[0], data_id, kwargs, self._search(collections), timespan)
+        info = self._stored_info(ref)
+        if info.is_inline:
+            raise DatasetNotFoundError(
+                f"dataset {ref.id} ({ref.dataset_type.name} {ref.data_id}) is stored in the registry, not as a file; "
+                "read it with Butler.get."
+            )
+        return self.datastore.abspath(info)
+
     def exists(
         self,
         dataset_ref_or_type: DatasetTypeArg,

@@ -90,6 +90,20 @@ def test_exists(butler, table):
     assert not butler.exists("src", DATA_ID)
 
 
+def test_get_uri_is_the_file_astropy_reads(butler, table):
+    butler.register_dataset_type("srcFits", ["visit", "detector"], "AstropyFitsTable")
+    ref = butler.put(table, "srcFits", DATA_ID)
+    uri = butler.get_uri("srcFits", DATA_ID)
+    assert uri == butler.get_uri(ref) and uri.is_absolute() and uri.is_file()
+    assert Table.read(uri)["flux"].tolist() == table["flux"].tolist()
+    with pytest.raises(DatasetNotFoundError, match="no 'srcFits' dataset"):
+        butler.get_uri("srcFits", {**DATA_ID, "detector": 2})
+    butler.register_dataset_type("summary_packages", ["visit"], "Packages")
+    butler.put({"numpy": "2.0"}, "summary_packages", instrument="Cam", visit=3)
+    with pytest.raises(DatasetNotFoundError, match="stored in the registry, not as a file"):
+        butler.get_uri("summary_packages", instrument="Cam", visit=3)
+
+
 def test_nested_run_name(butler, table):
     ref = butler.put(table, "src", DATA_ID, run="u/someone/run1")
     path = butler.datastore.abspath(butler._stored_info(ref)).relative_to(butler.config.root).as_posix()
