@@ -5,14 +5,16 @@ worker process), runs its quanta with the records of their inputs (sent with the
 files and a JSON manifest of their `QuantumResult` next to the graph, and returns the manifest's path.
 It never opens the registry: the submitting process registers each quantum's outputs (one transaction
 per quantum) as the apps finish.  Apps are retried after a lost worker or node only; a task's exception
-is a failed quantum, recorded in the manifest like a success.  Parsl's run directory (its logs, submit
-scripts) is ``<repo>/.parsl/runinfo``.
+is a failed quantum, recorded in the manifest like a success.  Each resource class of the apps (the
+cores and memory they ask for) has a Parsl executor of its own, with workers of its size
+(`graph.execute._resources`).  Parsl's run directory (its logs, submit scripts) is ``<repo>/.parsl/runinfo``.
+An execution into a run that a killed one left manifests of first registers the results in them that
+are certainly right, instead of running their quanta again (`graph.execute._submissions`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -20,12 +22,10 @@ import shlex
 import shutil
 import sys
 import sysconfig
-import tempfile
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from butler.datastore import StoredFileInfo
 from ..errors import PipelineError
 from ..quantum import Quantum
 from ..quantum_graph import QuantumGraph
+from ._resources import ResourceClasses
 from ._scheduler import Scheduler
 from ._site import SiteConfig
+from ._submissions import earlier_submissions, new_submission, read_manifest, recover_results, write_manifest
 from ._worker import InitInfos, WorkerState
 from .single_quantum import QuantumResult
 
@@ -46,9 +48,6 @@ _LOG = logging.getLogger("graph.execute")
 
 #: The command that installs the optional Parsl dependency.
 INSTALL_HINT = "pip install 'butler-pipelines[parsl]'"
-_LABEL = "htex"
-_MANIFEST_FORMAT = "butler-pipelines-quantum-results"
-_MANIFEST_VERSION = 1
 
 
 class ParslNotInstalledError(PipelineError):
@@ -109,25 +108,9 @@ def run_cluster_app(
     global _STATE
     if _STATE is None or _STATE[0] != graph_path:
         _STATE = (graph_path, WorkerState.from_files(graph_path, repo_root, init_infos))
-    results = _STATE[1].execute_cluster(quantum_ids, input_infos)
-    manifest = {
-        "format": _MANIFEST_FORMAT,
-        "version": _MANIFEST_VERSION,
-        "results": [result.to_simple() for result in results],
-    }
-    path = Path(manifest_path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, path)
+    state = _STATE[1]
+    write_manifest(Path(manifest_path), state.qgraph, state.execute_cluster(quantum_ids, input_infos), input_infos)
     return manifest_path
-
-
-def read_manifest(path: str | Path) -> list[QuantumResult]:
-    """The results in a manifest written by `run_cluster_app`."""
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != _MANIFEST_FORMAT or data.get("version") != _MANIFEST_VERSION:
-        raise PipelineError(f"{path} is not a version-{_MANIFEST_VERSION} manifest of quantum results.")
-    return [QuantumResult.from_simple(simple) for simple in data["results"]]
 
 
 # In the submitting process ----------------------------------------------------------------------------
@@ -145,46 +128,75 @@ def _retry_cost(error: Exception, task_record: Any) -> float:
     return 1.0 if _is_lost(error) else math.inf
 
 
-def _parsl_config(site: SiteConfig, qgraph: QuantumGraph, *, workers: int, run_dir: Path) -> Any:
-    """The Parsl `~parsl.config.Config` of a site: one HighThroughputExecutor on its provider."""
+def _parsl_config(site: SiteConfig, classes: ResourceClasses, *, workers: int, run_dir: Path) -> Any:
+    """The Parsl `~parsl.config.Config` of a site: one HighThroughputExecutor per resource class.
+
+    Each executor is labelled by its class, sizes its workers for the class's request and has its own
+    provider (its own blocks).  On the local provider the classes share ``workers`` cores
+    (`ResourceClasses.split_cores`); on Slurm each class has up to ``workers`` workers per node, fewer
+    if the node's ``coresPerNode`` or ``memPerNode`` hold fewer (Parsl divides them by the request).
+
+    Raises
+    ------
+    SiteConfigError
+        If the cores do not allow one local worker per class, or a class's worker would not fit on a
+        node (this machine, or a Slurm node of ``coresPerNode`` and ``memPerNode``).
+    """
+    import psutil
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
     from parsl.launchers import SrunLauncher
     from parsl.providers import LocalProvider, SlurmProvider
+    from parsl.providers.base import ExecutionProvider
 
     # Parsl starts its interchange (here) and local workers as scripts of this environment, which need
     # not be on the PATH; workers on Slurm nodes find theirs on the PATH the site's workerInit sets.
     scripts = Path(sysconfig.get_path("scripts"))
     interchange = [sys.executable, str(scripts / "interchange.py")]
-    launch_cmd = None
     spec = site.provider
     if spec.type == "local":
-        provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=spec.workerInit)
+        # Parsl's worker pool starts as many workers as the machine's cores and available memory hold.
+        classes.require_fit(cores=os.cpu_count(), memory=psutil.virtual_memory().available / 2**20, node="this machine")
+        per_class = classes.split_cores(workers)
         script, arguments = DEFAULT_LAUNCH_CMD.split(" ", 1)
         launch_cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(scripts / script))} {arguments}"
+
+        def provider() -> ExecutionProvider:
+            return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=spec.workerInit)
     else:
-        provider = SlurmProvider(
-            partition=spec.partition, account=spec.account, qos=spec.qos, walltime=spec.walltime,
-            nodes_per_block=spec.nodesPerBlock, cores_per_node=spec.coresPerNode, mem_per_node=spec.memPerNode,
-            init_blocks=spec.initBlocks, min_blocks=spec.minBlocks, max_blocks=spec.maxBlocks,
-            exclusive=spec.exclusive, scheduler_options=spec.schedulerOptions, worker_init=spec.workerInit,
-            launcher=SrunLauncher(),
+        classes.require_fit(
+            cores=spec.coresPerNode, memory=spec.memPerNode * 1024 if spec.memPerNode is not None else None,
+            node="a node of the site (provider.coresPerNode, provider.memPerNode)",
         )
-    request = site.worker_request(qgraph)
-    executor = HighThroughputExecutor(
-        label=_LABEL,
-        provider=provider,
-        interchange_launch_cmd=interchange,
-        launch_cmd=launch_cmd,
-        max_workers_per_node=workers,
-        cores_per_worker=request.cores,
-        mem_per_worker=request.memory / 1024 if request.memory is not None else None,
-        heartbeat_period=site.heartbeatPeriod,
-        heartbeat_threshold=site.heartbeatThreshold,
-    )
+        per_class = dict.fromkeys(classes.requests, workers)
+        launch_cmd = None
+
+        def provider() -> ExecutionProvider:
+            return SlurmProvider(
+                partition=spec.partition, account=spec.account, qos=spec.qos, walltime=spec.walltime,
+                nodes_per_block=spec.nodesPerBlock, cores_per_node=spec.coresPerNode, mem_per_node=spec.memPerNode,
+                init_blocks=spec.initBlocks, min_blocks=spec.minBlocks, max_blocks=spec.maxBlocks,
+                exclusive=spec.exclusive, scheduler_options=spec.schedulerOptions, worker_init=spec.workerInit,
+                launcher=SrunLauncher(),
+            )
+
+    executors = [
+        HighThroughputExecutor(
+            label=name,
+            provider=provider(),
+            interchange_launch_cmd=interchange,
+            launch_cmd=launch_cmd,
+            max_workers_per_node=per_class[name],
+            cores_per_worker=request.cores,
+            mem_per_worker=request.memory / 1024 if request.memory is not None else None,
+            heartbeat_period=site.heartbeatPeriod,
+            heartbeat_threshold=site.heartbeatThreshold,
+        )
+        for name, request in classes.requests.items()
+    ]
     return Config(
-        executors=[executor],
+        executors=executors,
         retries=site.numberOfRetries,
         retry_handler=_retry_cost,
         run_dir=str(run_dir),
@@ -219,6 +231,10 @@ def run_parsl(
 ) -> None:
     """Run every cluster the scheduler hands out as a Parsl app; settle each as it finishes.
 
+    Clusters whose every quantum has a result recovered from an earlier, killed submission into the
+    same run (`recover_results`) are settled with those results instead; that submission's directory
+    is then removed.
+
     Parameters
     ----------
     qgraph : `QuantumGraph`
@@ -228,56 +244,86 @@ def run_parsl(
     init_infos : `dict` [`str`, `dict` [`str`, `StoredFileInfo`]]
     site : `SiteConfig`
     workers : `int`
-        Worker processes per node.
+        Cores the local workers share, or worker processes per Slurm node of each resource class.
     settle : callable
         Called in this process with each cluster and the results of its quanta (registers them).
+    """
+    root = Path(butler.config.root)
+    submissions = root / ".parsl" / "submissions"
+    earlier = earlier_submissions(submissions, qgraph.output_run)
+    to_run = {quantum.id for cluster in scheduler.clusters() for quantum in cluster}
+    recovered = recover_results(earlier, qgraph, to_run, scheduler.infos, butler.datastore)
+    classes = ResourceClasses(
+        site.task_requests(qgraph), (c for c in scheduler.clusters() if not all(q.id in recovered for q in c))
+    )
+    work = new_submission(submissions, qgraph.output_run)
+    try:
+        graph_path = work / "graph.qgraph"
+        with _parsl_logs_to_file_only(), contextlib.ExitStack() as stack:
+            # Parsl starts only if some app is to run (not if every quantum left was recovered).
+            apps, limit = _start_apps(stack, site, classes, workers=workers, run_dir=root / ".parsl" / "runinfo")
+            if apps:
+                qgraph.save(graph_path)
+            in_flight: dict[Future, list[Quantum]] = {}
+            while True:
+                while len(in_flight) < limit and (cluster := scheduler.next_cluster()) is not None:
+                    if all(q.id in recovered for q in cluster):
+                        settle(cluster, [recovered[q.id] for q in cluster])
+                        continue
+                    future = apps[classes.label_of(cluster)](
+                        str(graph_path), str(root), init_infos, [q.id for q in cluster],
+                        scheduler.input_infos(cluster), str(work / f"{cluster[0].id}.json"),
+                    )
+                    in_flight[future] = cluster
+                if not in_flight:
+                    break
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cluster = in_flight.pop(future)
+                    settle(cluster, _results(future, cluster, site.numberOfRetries))
+        for directory in earlier:  # their results are registered, or were run again
+            shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _start_apps(
+    stack: contextlib.ExitStack, site: SiteConfig, classes: ResourceClasses, *, workers: int, run_dir: Path
+) -> tuple[dict[str, Callable[..., Future]], int]:
+    """Start Parsl with an executor per resource class (stopped when ``stack`` closes), if there is any class.
+
+    Returns
+    -------
+    apps : `dict` [`str`, callable]
+        Class label -> `run_cluster_app` as a Parsl app of the class's executor (empty without classes).
+    limit : `int`
+        How many apps to keep submitted: enough to keep every worker busy, few enough for
+        ``fail_fast`` to stop soon (at least 1).
     """
     from parsl.app.app import python_app
     from parsl.dataflow.dflow import DataFlowKernel
 
-    root = Path(butler.config.root)
-    submissions = root / ".parsl" / "submissions"
-    submissions.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    work = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=submissions))
-    try:
-        graph_path = work / "graph.qgraph"
-        qgraph.save(graph_path)
-        spec = site.provider
-        capacity = workers * (1 if spec.type == "local" else spec.nodesPerBlock * spec.maxBlocks)
-        limit = 4 * capacity  # enough queued to keep workers busy; few enough for --fail-fast to stop soon
-        with _parsl_logs_to_file_only():
-            dfk = DataFlowKernel(_parsl_config(site, qgraph, workers=workers, run_dir=root / ".parsl" / "runinfo"))
-            try:
-                app = python_app(run_cluster_app, data_flow_kernel=dfk, executors=[_LABEL])
-                _LOG.info("Parsl run directory: %s", dfk.run_dir)
-                in_flight: dict[Future, list[Quantum]] = {}
-                while True:
-                    while len(in_flight) < limit and (cluster := scheduler.next_cluster()) is not None:
-                        manifest = work / f"{cluster[0].id}.json"
-                        future = app(
-                            str(graph_path), str(root), init_infos, [q.id for q in cluster],
-                            scheduler.input_infos(cluster), str(manifest),
-                        )
-                        in_flight[future] = cluster
-                    if not in_flight:
-                        break
-                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        cluster = in_flight.pop(future)
-                        settle(cluster, _results(future, cluster, site.numberOfRetries))
-            finally:
-                dfk.cleanup()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if not classes.requests:
+        return {}, 1
+    config = _parsl_config(site, classes, workers=workers, run_dir=run_dir)
+    dfk = DataFlowKernel(config)
+    stack.callback(dfk.cleanup)
+    _LOG.info("Parsl run directory: %s", dfk.run_dir)
+    per_node = " per node" if site.provider.type == "slurm" else ""
+    for ex in config.executors:
+        _LOG.info("Parsl executor %s: %s worker(s)%s for %d app(s) of %s.", ex.label, ex.workers_per_node, per_node,
+                  classes.apps[ex.label], ", ".join(classes.tasks[ex.label]))
+    apps = {label: python_app(run_cluster_app, data_flow_kernel=dfk, executors=[label]) for label in classes.requests}
+    capacity = sum(ex.workers_per_node * ex.provider.nodes_per_block * ex.provider.max_blocks for ex in config.executors)
+    return apps, 4 * capacity
 
 
 def _results(future: Future, cluster: list[Quantum], retries: int) -> list[QuantumResult]:
     """The results in a finished app's manifest, or failed results for its quanta if the app failed."""
     try:
-        path = future.result()
-        results = read_manifest(path)
-        Path(path).unlink()
+        path = Path(future.result())
+        results, _ = read_manifest(path)
+        path.unlink()
         return results
     except Exception as err:
         message = f"{type(err).__name__}: {err}"

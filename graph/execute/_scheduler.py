@@ -149,6 +149,11 @@ class Scheduler:
                 return runnable
         return None
 
+    def clusters(self) -> Iterator[list[Quantum]]:
+        """The quanta to run, cluster by cluster (each in execution order), as planned at construction."""
+        quanta = self.qgraph.quanta
+        return ([quanta[qid] for qid in members] for members in self._members.values())
+
     def requeue(self, quantum: Quantum) -> None:
         """Give back a quantum from `next_ready` that could not be started; it is handed out next."""
         self._ready.appendleft(self._cluster_of[quantum.id])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -118,7 +118,7 @@ class ClusteringConfig(_Strict):
 
 
 class ResourceRequest(_Strict):
-    """What one quantum of a task needs.
+    """What one quantum of a task needs; apps with equal requests form a resource class.
 
     Attributes
     ----------
@@ -130,6 +130,21 @@ class ResourceRequest(_Strict):
     cores: PositiveInt = 1
     memory: PositiveInt | None = None
 
+    @property
+    def label(self) -> str:
+        """The name of the resource class of this request: ``default`` for 1 core and no memory request,
+        else ``cores{cores}``, with ``_mem{memory}`` if memory is requested (``cores1_mem4000``)."""
+        if self == ResourceRequest():
+            return "default"
+        return f"cores{self.cores}" + (f"_mem{self.memory}" if self.memory is not None else "")
+
+    @classmethod
+    def largest(cls, requests: Iterable[ResourceRequest]) -> ResourceRequest:
+        """The smallest request that covers each of some requests: the most cores and memory of any."""
+        requests = list(requests)
+        memories = [r.memory for r in requests if r.memory is not None]
+        return cls(cores=max((r.cores for r in requests), default=1), memory=max(memories, default=None))
+
 
 class SiteConfig(_Strict):
     """A site: the Parsl provider and the execution settings of `execute_graph` with ``executor="parsl"``.
@@ -139,7 +154,10 @@ class SiteConfig(_Strict):
     provider : `LocalProviderConfig` or `SlurmProviderConfig`
         Where workers run (``type: local`` or ``type: slurm``).
     workersPerNode : `int`
-        Worker processes per node (``pipetask run -j`` overrides it).
+        ``pipetask run -j`` overrides it.  Local provider: the cores the workers of all resource classes
+        use together (a worker of a class of 2 cores counts twice; `ResourceClasses.split_cores`).
+        Slurm: worker processes of each resource class per node, fewer if ``coresPerNode`` or
+        ``memPerNode`` hold fewer of the class's cores and memory.
     numberOfRetries : `int`
         Times an app is retried after its worker or node was lost; a task's exception is never retried.
     heartbeatPeriod, heartbeatThreshold : `int`
@@ -149,8 +167,8 @@ class SiteConfig(_Strict):
         Group quanta into apps (default: one app per quantum).
     resources : `dict` [`str`, `ResourceRequest`]
         Task label -> cores and memory each of its quanta needs (default 1 core; labels the pipeline
-        lacks are not used).  Parsl's HighThroughputExecutor takes no per-app requests, so each worker
-        is sized for the largest request among the graph's tasks (fewer workers fit on a node).
+        lacks are not used).  The apps asking for the same run on workers of their own size, in a
+        Parsl executor of their own (see `graph.execute._resources`).
     """
 
     provider: Annotated[LocalProviderConfig | SlurmProviderConfig, Field(discriminator="type")]
@@ -161,8 +179,8 @@ class SiteConfig(_Strict):
     clustering: ClusteringConfig | None = None
     resources: dict[str, ResourceRequest] = Field(default_factory=dict)
 
-    def worker_request(self, qgraph: QuantumGraph) -> ResourceRequest:
-        """The request each worker is sized for: the largest of the graph's tasks.
+    def task_requests(self, qgraph: QuantumGraph) -> dict[str, ResourceRequest]:
+        """The request of each task of a graph's pipeline (1 core for a task ``resources`` lacks).
 
         Entries of ``resources`` for tasks the graph's pipeline does not have are not used (one site
         file may serve several pipelines); they are logged.
@@ -171,9 +189,7 @@ class SiteConfig(_Strict):
         unused = sorted(set(self.resources) - set(labels))
         if unused:
             _LOG.info("Site resources of task(s) %s are not used: the pipeline has no such task.", ", ".join(unused))
-        requests = [request for label, request in self.resources.items() if label in labels]
-        memories = [r.memory for r in requests if r.memory is not None]
-        return ResourceRequest(cores=max((r.cores for r in requests), default=1), memory=max(memories, default=None))
+        return {label: self.resources.get(label, ResourceRequest()) for label in labels}
 
 
 def load_site(site: str | Path) -> SiteConfig:

@@ -6,10 +6,15 @@ Each Parsl execution starts local workers (a few seconds): those tests are slow-
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -50,7 +55,13 @@ from graph.execute import (
     load_site,
 )
 from graph.execute._parsl import INSTALL_HINT, _retry_cost
+from graph.execute._plan import ExecutionPlan, make_plan
+from graph.execute._resources import ResourceClasses
+from graph.execute._scheduler import Scheduler
 from graph.execute._site import cluster_quanta
+from graph.execute._submissions import earlier_submissions, new_submission, read_manifest, recover_results, write_manifest
+from graph.execute._worker import WorkerState
+from graph.execute.registration import init_input_infos, write_run_provenance
 from graph.pipeline import Pipeline
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -131,6 +142,53 @@ def test_only_lost_workers_are_retried():
     assert _retry_cost(RuntimeError("task error"), {}) == float("inf")
 
 
+def resource_classes(butler: Butler, graph, site: SiteConfig) -> ResourceClasses:
+    """The resource classes of the apps of a whole graph run on a site."""
+    clusters = cluster_quanta(graph, site.clustering, butler.dimensions) if site.clustering else None
+    return ResourceClasses(site.task_requests(graph), Scheduler(graph, ExecutionPlan(), clusters=clusters).clusters())
+
+
+@needs_parsl
+def test_apps_go_to_the_executor_of_their_tasks_resource_class(butler, tmp_path):
+    from graph.execute._parsl import _parsl_config
+
+    graph = build(butler, make_pipeline())  # 10 visits: addOne and stats per detector, sum per visit
+    site = local_site(resources={"stats": {"cores": 1, "memory": 500}, "sum": {"cores": 2}, "isr": {"cores": 8}})
+    classes = resource_classes(butler, graph, site)
+    assert classes.apps == {"cores1_mem500": 40, "cores2": 10, "default": 40}
+    assert classes.tasks == {"cores1_mem500": ["stats"], "cores2": ["sum"], "default": ["addOne"]}
+    expected = {"addOne": "default", "stats": "cores1_mem500", "sum": "cores2"}
+    assert all(classes.label_of([q]) == expected[q.task_label] for q in graph)
+    config = _parsl_config(site, classes, workers=6, run_dir=tmp_path / "runinfo")
+    executors = {ex.label: (ex.cores_per_worker, ex.mem_per_worker, ex.max_workers_per_node) for ex in config.executors}
+    # One worker each (4 cores), then the other 2 cores one at a time to the class with most apps per worker.
+    assert executors == {"cores1_mem500": (1, 500 / 1024, 2), "cores2": (2, None, 1), "default": (1, None, 2)}
+    assert len({id(ex.provider) for ex in config.executors}) == 3
+
+
+def test_a_cluster_goes_to_the_class_of_its_largest_request(butler):
+    graph = build(butler, make_pipeline())
+    resources = {"stats": {"cores": 1, "memory": 500}, "sum": {"cores": 2}}
+    by_ccd = resource_classes(butler, graph, local_site(resources=resources, clustering={"dimensions": ["visit", "detector"]}))
+    assert by_ccd.apps == {"cores1_mem500": 40, "cores2": 10}  # addOne + stats (the larger); sum alone
+    by_visit = resource_classes(butler, graph, local_site(resources=resources, clustering={"dimensions": ["visit"]}))
+    assert by_visit.apps == {"cores2_mem500": 10}  # the most cores and the most memory of the visit's tasks
+    assert {by_visit.label_of([q]) for q in graph} == {"cores2_mem500"}
+
+
+def test_a_site_that_cannot_start_one_worker_per_class_says_so(butler, tmp_path):
+    graph = build(butler, make_pipeline())
+    classes = resource_classes(butler, graph, local_site(resources={"sum": {"cores": 2}}))
+    assert classes.split_cores(3) == {"cores2": 1, "default": 1}
+    assert classes.split_cores(4) == {"cores2": 1, "default": 2}
+    with pytest.raises(SiteConfigError, match=r"needs 3 cores \(cores2 \(sum\): 2, default \(addOne, stats\): 1\), more than "
+                                              r"the 2 .*give -j 3 or more"):
+        classes.split_cores(2)
+    with pytest.raises(SiteConfigError, match=r"a worker of resource class\(es\) cores2 \(sum: 2 cores\) does not fit on "
+                                              r"a node, which has 1 cores; lower"):
+        classes.require_fit(cores=1, memory=None, node="a node")
+
+
 @needs_parsl
 def test_slurm_site_submits_the_documented_job(butler, tmp_path, monkeypatch):
     """The shipped Slurm site as a Parsl config, and the script it gives ``sbatch`` (a fake one here)."""
@@ -143,11 +201,14 @@ def test_slurm_site_submits_the_documented_job(butler, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     graph = build(butler, make_pipeline(stats=False), where="visit = 1")
     site = SiteConfig.model_validate({**load_site("slurm").model_dump(), "resources": {"addOne": {"cores": 2, "memory": 3072}}})
-    config = _parsl_config(site, graph, workers=16, run_dir=tmp_path / "runinfo")
-    (executor,) = config.executors
-    assert config.retries == 3 and executor.max_workers_per_node == 16
-    assert executor.cores_per_worker == 2 and executor.mem_per_worker == 3.0  # GB, for the largest request
-    provider = executor.provider
+    config = _parsl_config(site, resource_classes(butler, graph, site), workers=16, run_dir=tmp_path / "runinfo")
+    assert config.retries == 3
+    executors = {ex.label: ex for ex in config.executors}
+    assert sorted(executors) == ["cores2_mem3072", "default"]  # sum: 1 core, no memory
+    big, default = executors["cores2_mem3072"], executors["default"]
+    assert (big.cores_per_worker, big.mem_per_worker, default.cores_per_worker, default.mem_per_worker) == (2, 3.0, 1, None)
+    assert big.max_workers_per_node == default.max_workers_per_node == 16  # per node; 32 cores hold 16 of either
+    provider = big.provider
     provider.script_dir = str(tmp_path)
     assert provider.submit("launch-workers", tasks_per_node=1, job_name="block-0") == "42"
     script = (tmp_path / "submitted.sh").read_text()
@@ -155,6 +216,10 @@ def test_slurm_site_submits_the_documented_job(butler, tmp_path, monkeypatch):
                  "#SBATCH --cpus-per-task=32", "source /path/to/butler-pipelines/.venv/bin/activate", "launch-workers"):
         assert line in script, line
     assert "--account" not in script and "--qos" not in script
+    small_nodes = SiteConfig.model_validate({**site.model_dump(), "provider": {**site.provider.model_dump(), "memPerNode": 2}})
+    with pytest.raises(SiteConfigError, match=r"class\(es\) cores2_mem3072 \(addOne: 2 cores, 3072 MB\) does not fit on a node "
+                                              r"of the site \(provider.coresPerNode, provider.memPerNode\), which has 32 cores and 2048 MB"):
+        _parsl_config(small_nodes, resource_classes(butler, graph, small_nodes), workers=16, run_dir=tmp_path / "runinfo")
 
 
 # Clustering -----------------------------------------------------------------------------------------------
@@ -228,6 +293,7 @@ def test_clustering_by_an_unknown_dimension_names_it(butler):
 @needs_parsl
 @pytest.mark.slow
 def test_parsl_run_gives_the_serial_statuses_values_and_does_not_retry_task_failures(tmp_path, worker_path):
+    """With a memory request for the stats task: its quanta run in their own executor's one worker."""
     markers = tmp_path / "markers"
     markers.mkdir()
     config = {"failDetectors": [1], "failVisits": [5], "markerDir": str(markers)}
@@ -235,12 +301,16 @@ def test_parsl_run_gives_the_serial_statuses_values_and_does_not_retry_task_fail
     for executor in ("serial", "parsl"):
         with make_repo(tmp_path / executor) as butler:
             graph = build(butler, make_pipeline(config))
-            site = local_site() if executor == "parsl" else None
+            site = local_site(resources={"stats": {"memory": 500}}) if executor == "parsl" else None
             report = execute_graph(graph, butler, executor=executor, site=site)
             sums = {v: get(butler, "toy_visit_sum", visit=v) for v in range(10) if v != 5}
             outcomes[executor] = (statuses_by_data_id(graph, report), sums, [f.error for f in report.failed])
             assert butler.verify(checksums=True).ok  # no orphan files: manifests are gone, .parsl/ is not data
             assert len(data_ids(butler, "toy_output")) == 39 and len(data_ids(butler, "addOne_log")) == 40
+            pids = {label: {butler.get(ref)["quantum.pid"] for ref in butler.registry.query_datasets(f"{label}_metadata", ["out"])}
+                    for label in ("addOne", "stats")}
+            if executor == "parsl":  # 2 cores: one worker of the default class (addOne, sum), one of stats's
+                assert len(pids["stats"]) == 1 and len(pids["addOne"]) == 1 and pids["stats"] != pids["addOne"]
         marker = markers / "5-1"
         assert marker.read_text().count("\n") == 1, marker.read_text()  # failed once, not retried
         marker.unlink()
@@ -331,3 +401,109 @@ def test_process_ccd_through_parsl_writes_the_serial_runs_files(tmp_path, worker
     assert {name for name, _ in serial} >= {"postISRCCD", "calexp", "calexpBackground", "src", "icSrc"}
     assert all(serial.values())
     assert parallel == serial
+
+
+# A killed submitter -------------------------------------------------------------------------------------
+
+
+def _manifest_start_times(submissions: Path) -> dict[str, str]:
+    """Quantum ID -> start time of every result in the apps' manifests under ``.parsl/submissions``."""
+    return {result["quantum_id"]: result["start_time"]
+            for path in submissions.glob("*/*.json") if path.name != "submission.json"
+            for result in json.loads(path.read_text())["results"]}
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_only_results_beyond_doubt_are_recovered(butler):
+    """Results left by a killed submission: one with a damaged file and one whose quantum read another
+    version of an input are not recovered; the others are."""
+    graph = build(butler, make_pipeline(stats=False), where="visit = 1")
+    write_run_provenance(butler, graph)
+    plan = make_plan(graph, butler)
+    state = WorkerState(graph, butler.datastore, init_input_infos(butler, graph))
+    submissions = Path(butler.config.root) / ".parsl" / "submissions"
+    work = new_submission(submissions, "out")
+    adds = list(graph.quanta_for("addOne"))
+    for quantum in adds:
+        write_manifest(work / f"{quantum.id}.json", graph, state.execute_cluster([quantum.id], plan.infos), plan.infos)
+
+    def recovered() -> set:
+        return set(recover_results(earlier_submissions(submissions, "out"), graph, set(graph.quanta), plan.infos,
+                                   butler.datastore))
+
+    assert recovered() == {q.id for q in adds} and earlier_submissions(submissions, "other") == []
+    (damaged_result,), _ = read_manifest(work / f"{adds[0].id}.json")
+    output = next(info for info in damaged_result.written if not info.is_inline)
+    with open(butler.datastore.abspath(output), "ab") as stream:
+        stream.write(b"\0")
+    path = work / f"{adds[1].id}.json"
+    manifest = json.loads(path.read_text())
+    (records,) = manifest["inputs"].values()
+    next(iter(records.values()))[0] = "sha256:" + "0" * 64
+    path.write_text(json.dumps(manifest))
+    assert recovered() == {q.id for q in adds[2:]}
+
+
+@needs_parsl
+@pytest.mark.slow
+def test_a_resumed_run_registers_what_the_killed_submitters_apps_finished(tmp_path, worker_path):
+    """The submitter is stopped as its first quantum starts, its submitted apps finish and leave their
+    manifests, and it is SIGKILLed with its Parsl processes (as if its machine went down).  The resumed
+    run (``--extend-run --skip-existing``) registers those quanta without running them again."""
+    import psutil
+
+    root, markers = tmp_path / "repo", tmp_path / "markers"
+    make_repo(root).close()
+    markers.mkdir()
+    # Every addOne quantum notes each start in a marker (failDetectors, without the flag file: none fails).
+    config = {"sleep": 1.0, "failDetectors": list(range(N_DETECTORS)), "failFlagFile": str(tmp_path / "absent"),
+              "markerDir": str(markers)}
+    pipeline, site = tmp_path / "pipeline.yaml", tmp_path / "site.yaml"
+    pipeline.write_text(make_pipeline(config, stats=False).to_yaml())
+    site.write_text(yaml.safe_dump({"provider": {"type": "local"}, "workersPerNode": 2, "heartbeatPeriod": 1}))
+    args = ["run", "-b", str(root), "-p", str(pipeline), "-i", "inputs", "--output-run", "out", "-d", "visit IN (0..3)",
+            "--site", str(site)]
+    with open(tmp_path / "killed.log", "w") as log:
+        submitter = subprocess.Popen([sys.executable, "-c", "from graph.cli import main; main()", *args,
+                                      "--register-dataset-types"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: any(markers.iterdir()), 120, "the first quantum to start")
+        submitter.send_signal(signal.SIGSTOP)
+        # It had submitted 8 apps (4 per worker) at once, long before a worker started the first.
+        submissions = root / ".parsl" / "submissions"
+        _wait_for(lambda: len(_manifest_start_times(submissions)) == 8, 60, "the 8 submitted apps to finish")
+        time.sleep(1)
+        assert len(list(markers.iterdir())) == 8  # and no other quantum started
+    finally:
+        # The interchange is a child of the submitter; Parsl's local worker pool is not (its command names the repo).
+        parsl = psutil.Process(submitter.pid).children(recursive=True)
+        pools = [p for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])]
+        parsl += pools + [child for pool in pools for child in pool.children(recursive=True)]
+        submitter.kill()
+        submitter.wait()
+        for process in parsl:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(parsl, timeout=10)
+    finished = _manifest_start_times(submissions)
+
+    result = CliRunner().invoke(cli, [*args, "--extend-run", "--skip-existing"])
+    assert result.exit_code == 0, result.output
+    assert "left the results of 8 of the quanta to run: 8 are recovered" in result.output
+    with Butler(root) as butler:
+        records = {str(record.id): record for record in butler.registry.query_quanta("out")}
+        assert {qid: records[qid].start_time for qid in finished} == finished  # registered, not run again
+        assert len(records) == 4 * N_DETECTORS + 4 and {r.status for r in records.values()} == {"succeeded"}
+        assert sorted(data_ids(butler, "toy_output")) == [(v, d) for v in range(4) for d in range(N_DETECTORS)]
+        assert sorted(data_ids(butler, "toy_visit_sum")) == [(v, None) for v in range(4)]
+        np.testing.assert_array_equal(get(butler, "toy_visit_sum", visit=3), sum(input_value(3, d) + VALUE for d in range(N_DETECTORS)))
+        assert butler.verify(checksums=True).ok
+    attempts = {path.name: path.read_text().count("\n") for path in markers.iterdir()}
+    assert len(attempts) == 4 * N_DETECTORS and set(attempts.values()) == {1}  # each quantum started once in all
+    assert not list(submissions.iterdir())  # the killed submission's directory is gone with this one's
