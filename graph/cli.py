@@ -9,6 +9,7 @@ Options are named as in the LSST stack::
     pipetask run -b repo -g ccd.qgraph --executor parsl --site slurm.yaml   # on a Slurm cluster
     pipetask run -b repo -o u/me/ccd -p ... --extend-run --skip-existing    # resume
     pipetask report -b repo --output-run u/me/ccd/20261120T010203Z
+    pipetask report -b repo --output-run u/me/ccd --html report.html     # every run of the chain, as a web page
     pipetask run -b repo -i raw -o u/me/ccd -p ProcessCcd.yaml --reuse-from u/me/ccd --explain   # redo what changed
     pipetask rerun -b repo --from-run u/me/ccd/20261120T010203Z -o u/me/ccd-again            # re-create a run
     pipetask diff-runs -b repo u/me/ccd/20261120T010203Z u/me/ccd-again/20261121T090000Z      # compare by checksum
@@ -374,12 +375,22 @@ def _check_dataset_types(butler: Butler, pipeline_graph: PipelineGraph, register
 @cli.command()
 @click.option("--butler-config", "-b", "repo", required=True, help="Repository root.")
 @click.option("--qgraph", "-g", "load_qgraph", default=None, type=click.Path(exists=True, dir_okay=False), help="The graph that was run.")
-@click.option("--output-run", default=None, help="The RUN collection the graph wrote (default: the graph's).")
+@click.option("--output-run", "output_runs", multiple=True, callback=split_commas,
+              help="The RUN collection the graph wrote (default: the graph's).  With --html: RUN or CHAINED collections "
+                   "(repeatable or comma-separated), a chain standing for each of its RUNs with executed quanta.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str) -> None:
-    """Report succeeded / failed / not-run quanta per task label of a run, and why each failed quantum failed."""
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), metavar="OUT.html",
+              help="Write a self-contained HTML report instead: pipeline graph, quanta and wall times per task, and the "
+                   "science sections of installed packages (PSF FWHM, background matching, DIA sources and cut-outs, "
+                   "difference-image noise); exit code 1 if a section failed.")
+def report(repo: str, load_qgraph: str | None, output_runs: Sequence[str], fmt: str, html_path: str | None) -> None:
+    """Report succeeded / failed / not-run quanta per task label of a run, and why each failed quantum failed;
+    or, with --html, write a web page about runs."""
     from .execute import report_from_registry
 
+    if len(output_runs) > 1 and html_path is None:
+        raise click.UsageError("give one --output-run (several runs are for --html reports).")
+    output_run = output_runs[0] if output_runs else None
     with Butler(repo, writeable=False) as butler:
         graph = None
         if load_qgraph:
@@ -388,6 +399,9 @@ def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str)
             graph = QuantumGraph.load(load_qgraph, universe=butler.dimensions)
         if graph is None and output_run is None:
             raise click.UsageError("give the run with --output-run, or the graph with -g.")
+        if html_path is not None:
+            _write_html_report(butler, list(output_runs) or [graph.output_run], html_path)
+            return
         rows = report_from_registry(butler, graph=graph, output_run=output_run)
     if fmt == "json":
         output(fmt, rows, empty="No quanta found in that run.")
@@ -400,6 +414,23 @@ def report(repo: str, load_qgraph: str | None, output_run: str | None, fmt: str)
             {"task": f["task"], "data ID": ", ".join(f"{k}={v}" for k, v in f["data_id"].items()), "reason": f["reason"]}
             for f in failures
         ])  # fmt: skip
+
+
+def _write_html_report(butler: Butler, collections: Sequence[str], path: str) -> None:
+    """Render and write the HTML report; say what it holds; exit with code 1 if a section failed."""
+    from .html_report import render_html_report
+
+    html_report = render_html_report(butler, collections)
+    html_report.write(path)
+    data = html_report.data
+    click.echo(f"Wrote {path}: report of {len(data['runs'])} run(s) ({', '.join(data['runs'])}) in {data['seconds']:.1f} s.")
+    for key in html_report.statuses("skipped"):
+        click.echo(f"  left out {key}: {data['sections'][key]['reason']}")
+    failed = html_report.statuses("failed")
+    for key in failed:
+        click.echo(f"  FAILED {key}: {data['sections'][key]['error']}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -70,6 +70,7 @@ __all__ = [
     "noise_correlation",
     "variance_scale",
     "template_coverage",
+    "difference_noise_ratio",
 ]
 
 _DIMENSIONS = ("instrument", "visit", "detector")
@@ -974,3 +975,35 @@ class AlardLuptonSubtractTask(PipelineTask):
         bad |= science.mask.get_plane(self.config.varianceMaskPlanes, missing_ok=True)
         return variance_scale(difference.image, difference.variance, bad), _robust_variance(difference.variance, bad)
 
+
+def difference_noise_ratio(
+    difference: Exposure, *, planes: Sequence[str], usable: np.ndarray | None = None
+) -> tuple[float, int]:
+    """std(image / sqrt(variance)) of a difference image over its sky pixels.
+
+    Parameters
+    ----------
+    difference : `Exposure`
+        A difference image with its variance plane and mask (``DETECTED`` / ``DETECTED_NEGATIVE`` set by the
+        detection on it, as in ``subtractedMeasuredExposure``).
+    planes : sequence of `str`
+        Mask planes of the pixels left out (planes the mask lacks are ignored).
+    usable : `numpy.ndarray`, shape (ny, nx), bool, optional
+        Only these pixels may be used (e.g. a simulation's source-free pixels).
+
+    Returns
+    -------
+    ratio : `float`
+        The standard deviation of the pixels normalised by their predicted noise (1 when the variance plane
+        predicts the noise); NaN without sky pixels.
+    pixels : `int`
+        Number of sky pixels used: finite, with a positive variance, none of ``planes`` set (and ``usable``).
+    """
+    sky = ~difference.mask.get_plane(list(planes), missing_ok=True)
+    sky &= np.isfinite(difference.image) & (difference.variance > 0)
+    if usable is not None:
+        sky &= usable
+    if not sky.any():
+        return float("nan"), 0
+    z = difference.image[sky] / np.sqrt(difference.variance[sky])
+    return float(np.std(z)), int(sky.sum())

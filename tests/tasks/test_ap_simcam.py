@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from scipy.spatial import cKDTree
 
 from butler import Butler
 from graph.cli import cli
 from tasks.image import SkyMap
 from tasks.instruments.simcam import ingest_simulation, simulate_raws
+from tasks.instruments.simcam.metrics import NOT_SKY, difference_noise_ratios, false_detections, transient_recovery
 
 DRP = "repo_template/pipelines/SimCam/DRP.yaml"
 AP = "repo_template/pipelines/SimCam/AP.yaml"
@@ -29,8 +29,6 @@ N_VISITS = 8
 TEMPLATE_VISITS = 6
 SEED = 23
 DETECTORS = range(9)
-# Pixels of the difference that are not sky for the noise criterion (besides the truth's source-free mask).
-NOT_SKY = ["NO_DATA", "BAD", "SAT", "SAT_TEMPLATE", "EDGE", "CR", "INTRP", "SUSPECT"]
 
 
 def _run(args: list[str]) -> str:
@@ -75,16 +73,8 @@ def test_decorrelated_difference_noise_matches_its_variance_plane(ap_run):
     """Acceptance: on the truth's source-free pixels, std(difference) / sqrt(variance) is in [0.97, 1.05] on
     every science detector."""
     truth, repo, science_visits, _ = ap_run
-    ratios = {}
     with Butler(repo, writeable=False) as butler:
-        for visit in science_visits:
-            for det in DETECTORS:
-                diff = butler.get("difference", instrument="SimCam", visit=visit, detector=det, collections="ap")
-                free = truth.source_free_mask(visit, det)
-                free &= ~diff.mask.get_plane(NOT_SKY, missing_ok=True)
-                free &= np.isfinite(diff.image) & (diff.variance > 0)
-                z = diff.image[free] / np.sqrt(diff.variance[free])
-                ratios[(visit, det)] = float(np.std(z))
+        ratios = difference_noise_ratios(butler, truth, "ap", science_visits, DETECTORS)
     print("noise / sqrt(variance):", {k: round(v, 3) for k, v in ratios.items()})
     assert all(0.97 <= r <= 1.05 for r in ratios.values()), ratios
 
@@ -98,38 +88,13 @@ def test_transients_are_detected_with_their_true_fluxes(ap_run):
     """Acceptance: >= 95% of the transients with S/N >= 10 are detected (a positive DIA source within 2 px) with
     a PSF flux within 3 sigma of the truth [e-]."""
     truth, repo, science_visits, _ = ap_run
-    found = good = total = 0
-    misses = []
     with Butler(repo, writeable=False) as butler:
-        for visit in science_visits:
-            for det in DETECTORS:
-                rows = truth.sources_on(visit, det)
-                transients = rows[rows["kind"] == "transient"]
-                if not len(transients):
-                    continue
-                dia = _dia_sources(butler, visit, det)
-                positive = dia[np.asarray(dia["psfFlux"]) > 0]
-                tree = cKDTree(np.column_stack([positive["centroid_x"], positive["centroid_y"]]))
-                for tr in transients:
-                    distance, index = tree.query([tr["x"], tr["y"]])
-                    if not np.isfinite(distance) or distance > 2.0:
-                        total += 1
-                        misses.append((visit, det, int(tr["id"]), "not detected"))
-                        continue
-                    source = positive[index]
-                    if not source["psfFlux"] / source["psfFluxErr"] >= 10:
-                        continue
-                    total += 1
-                    found += 1
-                    pull = (source["psfFlux"] - tr["flux"]) / source["psfFluxErr"]
-                    if abs(pull) <= 3.0:
-                        good += 1
-                    else:
-                        misses.append((visit, det, int(tr["id"]), f"flux {source['psfFlux']:.0f} vs {tr['flux']:.0f} "
-                                       f"+- {source['psfFluxErr']:.0f} (pull {pull:.1f})"))
-    print(f"{found}/{total} transients detected, {good} within 3 sigma; misses: {misses}")
-    assert total >= 20
-    assert good >= 0.95 * total, misses
+        recovery = transient_recovery(butler, truth, "ap", science_visits, DETECTORS, match_radius=2.0, min_snr=10.0,
+                                      max_pull=3.0)
+    print(f"{recovery.detected}/{recovery.total} transients detected, {recovery.good} within 3 sigma; misses: "
+          f"{recovery.misses}")
+    assert recovery.total >= 20
+    assert recovery.good >= 0.95 * recovery.total, recovery.misses
 
 
 @pytest.mark.slow
@@ -137,31 +102,11 @@ def test_few_false_detections(ap_run):
     """Acceptance: <= 5 DIA sources above 5 sigma per million pixels that are neither a transient nor a variable
     star of the truth (unflagged sources; 3 px match radius)."""
     truth, repo, science_visits, _ = ap_run
-    false, pixels = 0, 0
-    listed = []
     with Butler(repo, writeable=False) as butler:
-        for visit in science_visits:
-            for det in DETECTORS:
-                rows = truth.sources_on(visit, det)
-                real = rows[np.isin(rows["kind"], ["transient", "variable"])]
-                dia = _dia_sources(butler, visit, det)
-                significant = np.abs(np.asarray(dia["snr"])) >= 5
-                flags = np.zeros(len(dia), bool)
-                for name in ("flag_edge", "flag_saturated", "flag_bad"):
-                    flags |= np.asarray(dia[name], bool)
-                candidates = dia[significant & ~flags]
-                if len(real):
-                    tree = cKDTree(np.column_stack([real["x"], real["y"]]))
-                    distance, _ = tree.query(np.column_stack([candidates["centroid_x"], candidates["centroid_y"]]))
-                    candidates = candidates[distance > 3.0]
-                false += len(candidates)
-                listed += [(visit, det, round(float(s["centroid_x"])), round(float(s["centroid_y"])),
-                            round(float(s["snr"]), 1), bool(s["isDipole"])) for s in candidates]
-                diff = butler.get("difference", instrument="SimCam", visit=visit, detector=det, collections="ap")
-                pixels += int(np.isfinite(diff.image).sum())
-    rate = false / (pixels / 1e6)
-    print(f"{false} false detections over {pixels / 1e6:.1f} Mpix = {rate:.2f} per Mpix: {listed}")
-    assert rate <= 5.0
+        false = false_detections(butler, truth, "ap", science_visits, DETECTORS, min_snr=5.0, match_radius=3.0)
+    print(f"{false.count} false detections over {false.pixels / 1e6:.1f} Mpix = {false.per_megapixel:.2f} per Mpix: "
+          f"{false.sources}")
+    assert false.per_megapixel <= 5.0
 
 
 @pytest.mark.slow
@@ -180,3 +125,51 @@ def test_kernel_sum_equals_the_true_flux_ratio(ap_run):
                 errors[(visit, det)] = float(metadata["subtractImages.kernelSum"]) / expected - 1.0
     print("kernel sum / truth - 1:", {k: round(v, 4) for k, v in errors.items()})
     assert max(abs(e) for e in errors.values()) <= 0.01, errors
+
+
+@pytest.mark.slow
+def test_html_report_shows_the_butler_outputs(ap_run, tmp_path):
+    """Acceptance: ``pipetask report --html`` over the ``ap`` chain (the AP run and the template run) shows every
+    section, in < 20 s, with the DIA-source count, the per-detector difference noise ratio and the PSF FWHM that
+    the butler outputs give (computed here without the report's code) and FWHMs near the simulated seeing."""
+    import time
+
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from graph.html_report import read_report_data
+
+    truth, repo, science_visits, _ = ap_run
+    out = tmp_path / "report.html"
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["report", "-b", str(repo), "--output-run", "ap", "--html", str(out)])
+    seconds = time.perf_counter() - start
+    print(result.output, f"report made in {seconds:.1f} s")
+    assert result.exit_code == 0, result.output
+    sections = read_report_data(out)["sections"]
+    assert {key: s["status"] for key, s in sections.items() if s["status"] != "shown"} == {}
+    assert seconds < 20
+    with Butler(repo, writeable=False) as butler:
+        dia_count, ratios = 0, {}
+        for visit in science_visits:
+            for det in DETECTORS:
+                dia_count += len(_dia_sources(butler, visit, det))
+                diff = butler.get("subtractedMeasuredExposure", instrument="SimCam", visit=visit, detector=det,
+                                  collections="ap")
+                sky = ~diff.mask.get_plane(NOT_SKY + ["DETECTED", "DETECTED_NEGATIVE"], missing_ok=True)
+                sky &= np.isfinite(diff.image) & (diff.variance > 0)
+                ratios[(visit, det)] = float(np.std(diff.image[sky] / np.sqrt(diff.variance[sky])))
+        fwhm = {}
+        for ref in butler.query_datasets("calexp", collections="ap", find_first=False):
+            calexp = butler.get(ref)
+            ixx, iyy, ixy = calexp.psf.compute_shape(*calexp.bbox.center)
+            scale = 3600.0 * float(np.sqrt(np.prod(proj_plane_pixel_scales(calexp.wcs.celestial))))
+            fwhm[(ref.run, ref.data_id["visit"], ref.data_id["detector"])] = 2.3548 * (ixx * iyy - ixy**2) ** 0.25 * scale
+    assert sections["dia_sources"]["data"]["count"] == dia_count > 0
+    shown_ratios = {(r["visit"], r["detector"]): r["ratio"] for r in sections["noise_ratio"]["data"]["rows"]}
+    assert shown_ratios == pytest.approx(ratios, rel=1e-6)
+    shown_fwhm = {(r["run"], r["visit"], r["detector"]): r["fwhm_arcsec"] for r in sections["psf_fwhm"]["data"]["rows"]}
+    assert len(shown_fwhm) == (3 + len(science_visits)) * len(DETECTORS)  # the template run has 3 visits
+    assert shown_fwhm == pytest.approx(fwhm, rel=1e-3)
+    for visit in {v for _, v, _ in shown_fwhm}:
+        median = np.median([f for (_, v, _), f in shown_fwhm.items() if v == visit])
+        assert median == pytest.approx(truth.visit(visit)["fwhm0"], rel=0.05), visit
