@@ -1005,8 +1005,8 @@ class _Builder:
     def _datastore_records(self, quanta: list[Quantum]) -> dict[Any, StoredFileInfo]:
         """Datastore records of every input ref that exists in the repository (one batched read)."""
         existing = self.existing_ids
-        ids = list(dict.fromkeys(ref.id for q in quanta for ref in q.input_refs() if ref.id in existing))
-        ids += [i for i in self._init_input_ids() if i not in set(ids)]
+        ids = dict.fromkeys(ref.id for q in quanta for ref in q.input_refs() if ref.id in existing)
+        ids.update(dict.fromkeys(self._init_input_ids()))
         if not ids:
             return {}
         rows = self.registry.get_datastore_records(ids)
