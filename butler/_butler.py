@@ -607,6 +607,8 @@ class Butler:
             registry (read them with `get`).
         """
         ref = self.find_dataset(dataset_ref_or_type, data_id, collections=collections, timespan=timespan, **kwargs)
+        if ref is None and isinstance(dataset_ref_or_type, DatasetRef):
+            raise DatasetNotFoundError(f"dataset {dataset_ref_or_type.id} is not in this repository's registry.")
         if ref is None:
             name = dataset_ref_or_type if isinstance(dataset_ref_or_type, str) else dataset_ref_or_type.name
             raise self._not_found(name.partition(".")[0], data_id, kwargs, self._search(collections), timespan)

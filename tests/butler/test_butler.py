@@ -102,6 +102,9 @@ def test_get_uri_is_the_file_astropy_reads(butler, table):
     butler.put({"numpy": "2.0"}, "summary_packages", instrument="Cam", visit=3)
     with pytest.raises(DatasetNotFoundError, match="stored in the registry, not as a file"):
         butler.get_uri("summary_packages", instrument="Cam", visit=3)
+    butler.remove_runs(["run1"])
+    with pytest.raises(DatasetNotFoundError, match="is not in this repository's registry"):
+        butler.get_uri(ref)
 
 
 def test_nested_run_name(butler, table):
