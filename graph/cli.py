@@ -386,7 +386,7 @@ def _check_dataset_types(butler: Butler, pipeline_graph: PipelineGraph, register
 def report(repo: str, load_qgraph: str | None, output_runs: Sequence[str], fmt: str, html_path: str | None) -> None:
     """Report succeeded / failed / not-run quanta per task label of a run, and why each failed quantum failed;
     or, with --html, write a web page about runs."""
-    from .execute import report_from_registry
+    from .execute.report import format_data_id, report_from_registry
 
     if len(output_runs) > 1 and html_path is None:
         raise click.UsageError("give one --output-run (several runs are for --html reports).")
@@ -411,7 +411,7 @@ def report(repo: str, load_qgraph: str | None, output_runs: Sequence[str], fmt: 
     if failures:
         click.echo("\nFailed quanta:")
         output(fmt, [
-            {"task": f["task"], "data ID": ", ".join(f"{k}={v}" for k, v in f["data_id"].items()), "reason": f["reason"]}
+            {"task": f["task"], "data ID": format_data_id(f["data_id"]), "reason": f["reason"]}
             for f in failures
         ])  # fmt: skip
 

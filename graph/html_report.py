@@ -49,6 +49,7 @@ from butler import CollectionType, QuantumRecord
 from butler.registry import QUANTUM_STATUSES
 
 from .errors import GraphBuildError, PipelineError
+from .execute.report import format_data_id
 from .provenance import read_run_document
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ __all__ = [
     "SectionOutput",
     "SectionSkipped",
     "figure_html",
-    "format_data_id",
     "html_table",
     "load_report_sections",
     "new_figure",
@@ -500,11 +500,6 @@ def html_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, s
         ('<th class="text">' if key in text_columns else "<th>") + f"{html.escape(header)}</th>" for key, header, _ in columns
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def format_data_id(data_id: Mapping[str, Any]) -> str:
-    """``visit=12, detector=3`` for a data ID (required dimensions, in order)."""
-    return ", ".join(f"{k}={v}" for k, v in data_id.items())
 
 
 # The pipeline graph ------------------------------------------------------------------------------------------

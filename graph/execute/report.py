@@ -14,11 +14,17 @@ if TYPE_CHECKING:
     from ..logs import ButlerLogRecords
     from ..quantum_graph import QuantumGraph
 
-__all__ = ["STATUSES", "ExecutionReport", "FailedQuantum", "failure_reason", "report_from_registry"]
+__all__ = ["STATUSES", "ExecutionReport", "FailedQuantum", "failure_reason", "format_data_id", "report_from_registry"]
 
 #: Every status a quantum can end an execution with, in report column order.
 STATUSES = ("succeeded", "no_work", "skipped", "failed", "blocked", "not_run")
 _MAX_FAILED_SHOWN = 20
+
+
+
+def format_data_id(data_id: Mapping[str, Any]) -> str:
+    """``visit=12, detector=3`` for a data ID (its keys in order)."""
+    return ", ".join(f"{k}={v}" for k, v in data_id.items())
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,7 @@ class ExecutionReport:
             lines.append("Failed quanta:")
             shown = sorted(self.failed, key=lambda f: (f.task_label, sorted(f.data_id.items())))
             for f in shown[:_MAX_FAILED_SHOWN]:
-                data_id = ", ".join(f"{k}={v}" for k, v in f.data_id.items())
-                lines.append(f"  {f.task_label} {{{data_id}}}: {f.error}")
+                lines.append(f"  {f.task_label} {{{format_data_id(f.data_id)}}}: {f.error}")
             if len(shown) > _MAX_FAILED_SHOWN:
                 lines.append(f"  ... and {len(shown) - _MAX_FAILED_SHOWN} more (see ExecutionReport.failed or to_simple()).")
         lines.append("")
