@@ -576,8 +576,9 @@ def _fit_blends(
     measured["blendFit_flag"] = np.zeros(len(measured), dtype=bool)
     cx = np.asarray(measured["centroid_x"], dtype=np.float64)
     cy = np.asarray(measured["centroid_y"], dtype=np.float64)
+    sign = np.where(np.asarray(measured["is_negative"], dtype=bool), -1.0, 1.0)
     for rows in groups:  # loop over blends (few), each fit vectorised over its stamp
-        signs = np.where(np.asarray(measured["is_negative"], dtype=bool)[rows], -1.0, 1.0)
+        signs = sign[rows]
         start = np.column_stack([cx[rows], cy[rows]])
         result = _fit_psf_group(difference, start, signs, bad_bits, max_iter=max_iter, max_shift=max_shift)
         if result is None:
